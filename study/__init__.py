@@ -1,0 +1,1 @@
+"""The study driver: CLI, frozen configs, Ray Tune wiring, MLflow logging and parquet export."""
