@@ -1,0 +1,113 @@
+"""Label transforms that trade precision for accuracy (thesis 5.1): binarize, categorize, VOC superclasses.
+
+Label maps are integer arrays of any shape (0 background, 1..K classes, 255 ignore); every function
+returns a new map of the same dtype and keeps 0 and 255.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from numbers import Integral
+
+import numpy as np
+
+from trainables.data.base import IGNORE_INDEX
+
+VOC_CLASSES = (
+    "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
+    "diningtable", "dog", "horse", "motorbike", "person", "pottedplant", "sheep", "sofa", "train", "tvmonitor",
+)  # fmt: skip
+
+
+def _ids(*names: str) -> tuple[int, ...]:
+    return tuple(sorted(VOC_CLASSES.index(name) + 1 for name in names))
+
+
+# The VOC paper's four superclasses (thesis Figure 3), in the order categories are numbered.
+VOC_SUPERCLASSES = {
+    "person": _ids("person"),
+    "animal": _ids("bird", "cat", "cow", "dog", "horse", "sheep"),
+    "vehicle": _ids("aeroplane", "bicycle", "boat", "bus", "car", "motorbike", "train"),
+    "indoor": _ids("bottle", "chair", "diningtable", "pottedplant", "sofa", "tvmonitor"),
+}
+
+
+def _check_label(label: np.ndarray) -> None:
+    if not isinstance(label, np.ndarray) or label.dtype.kind not in "iu":
+        raise TypeError(f"label must be an integer numpy array, got {getattr(label, 'dtype', type(label))}")
+    if label.size and label.min() < 0:
+        raise ValueError(f"label values must be >= 0 (0 background, 1..K, {IGNORE_INDEX} ignore), got {label.min()}")
+
+
+def _check_classes(classes: Sequence[int], maximum: int | None = None) -> tuple[int, ...]:
+    classes = tuple(classes)
+    upper = maximum if maximum is not None else IGNORE_INDEX - 1
+    for cls in classes:
+        if isinstance(cls, bool) or not isinstance(cls, Integral) or not 1 <= cls <= upper:
+            raise ValueError(f"classes must be integers in 1..{upper}, got {cls!r} in {classes}")
+    if len(set(classes)) != len(classes):
+        raise ValueError(f"classes must be distinct, got {classes}")
+    return tuple(int(cls) for cls in classes)
+
+
+def binarize(label: np.ndarray) -> np.ndarray:
+    """Every class 1..K -> 1 (foreground); 0 and 255 kept. Same shape and dtype as ``label``."""
+    _check_label(label)
+    foreground = (label != 0) & (label != IGNORE_INDEX)
+    return np.where(foreground, 1, label).astype(label.dtype)
+
+
+def categorize(label: np.ndarray, mapping: Mapping[int, int]) -> np.ndarray:
+    """Each class -> its category ``mapping[class]``; 0 and 255 kept. Same shape and dtype as ``label``.
+
+    ``mapping`` is ``{class: category}`` with categories numbering 1..n without gaps. A class present
+    in ``label`` but missing from ``mapping`` is a ValueError naming it.
+    """
+    _check_label(label)
+    _check_classes(mapping.keys())
+    categories = sorted(set(mapping.values()))
+    if categories != list(range(1, len(categories) + 1)):
+        raise ValueError(f"mapping categories must be the integers 1..n without gaps, got {categories}")
+    present = np.unique(label)
+    missing = [int(c) for c in present if c not in (0, IGNORE_INDEX) and int(c) not in mapping]
+    if missing:
+        raise ValueError(f"label has classes {missing} missing from mapping (which covers {sorted(mapping)})")
+    lookup = np.arange(max(int(present.max(initial=0)), IGNORE_INDEX) + 1)
+    lookup[list(mapping)] = list(mapping.values())
+    return lookup[label].astype(label.dtype)
+
+
+def superclass_mapping(
+    classes: Sequence[int], superclasses: Mapping[str, Sequence[int]] = VOC_SUPERCLASSES
+) -> dict[int, int]:
+    """Group a task's classes by superclass: ``{task class: category}``.
+
+    ``classes`` are source ids (e.g. a fold's 15 pre-training classes, 1..20), which the task relabels
+    1..len(classes) in that order. ``superclasses`` maps a name to its source ids (default: VOC's, in the
+    order person, animal, vehicle, indoor); categories are numbered 1..n over the superclasses present,
+    in that order. A class in no superclass is a ValueError naming it.
+    """
+    known = max(c for members in superclasses.values() for c in members)
+    classes = _check_classes(classes, maximum=known)
+    present = [members for members in superclasses.values() if set(members) & set(classes)]
+    category_of = {source: category for category, members in enumerate(present, 1) for source in members}
+    orphans = [c for c in classes if c not in category_of]
+    if orphans:
+        raise ValueError(f"classes {orphans} belong to no superclass of {list(superclasses)}")
+    return {task_class: category_of[source] for task_class, source in enumerate(classes, 1)}
+
+
+def random_categories(classes: Sequence[int], n: int, rng: np.random.Generator) -> dict[int, int]:
+    """A random partition of ``classes`` into ``n`` non-empty groups: ``{class: group 1..n}``.
+
+    Each group gets one class of a random permutation, then the remaining classes join uniformly drawn
+    groups (a random surjection; not uniform over set partitions, which the thesis does not ask for).
+    """
+    classes = _check_classes(classes)
+    if isinstance(n, bool) or not isinstance(n, Integral) or not 1 <= n <= len(classes):
+        raise ValueError(f"n must be an integer in 1..{len(classes)} (the number of classes), got {n!r}")
+    if not isinstance(rng, np.random.Generator):
+        raise TypeError(f"rng must be a numpy.random.Generator, got {type(rng).__name__}")
+    groups = np.concatenate([np.arange(1, n + 1), rng.integers(1, n + 1, size=len(classes) - n)])
+    order = rng.permutation(len(classes))
+    return {classes[i]: int(group) for i, group in zip(order, groups)}
