@@ -1,0 +1,334 @@
+"""Frozen, validated trial configs: the flat dicts Ray Tune hands a trainable, checked once, up front.
+
+Ray Tune passes every trial a flat ``dict``; the trainables turn it into one of the dataclasses here
+before any work starts, and the study driver builds the same dataclasses for every trial of a preset
+before Ray starts, so a typo or an out-of-range value costs nothing. Every field declares its type and
+range in ``field(metadata=...)``; :func:`_check_fields` enforces them generically and each config adds
+the checks that span several fields (a loss parameter without its loss, more groups than classes).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import difflib
+import hashlib
+import json
+import math
+from dataclasses import dataclass, field
+from typing import Any, Mapping
+
+# Loss name -> the one parameter it takes (None: no parameter). Mirrors trainables.losses.LOSS_PARAMS;
+# kept here as data so validating a config never imports torch.
+LOSS_PARAMETER = {
+    "ce": None,
+    "weighted_neg": "q",
+    "sigmoidal_neg": None,
+    "bootstrap_neg": "beta",
+    "focal": "gamma",
+    "nnpu": "prior",
+}
+LOSS_PARAMETER_RANGES = {
+    "q": (0.0, 1.0, "0 < q <= 1"),
+    "beta": (0.0, 1.0, "0 <= beta <= 1"),
+    "gamma": (0.0, math.inf, "gamma >= 0"),
+    "prior": (0.0, 1.0, "0 < prior < 1"),
+}
+LABEL_TRANSFORMS = ("none", "binarize", "superclass", "random_groups", "target")
+INITS = ("pretrain", "random", "imagenet")
+SEGMENTATION_MODELS = ("small_fcn", "fcn_alexnet")
+OPTIMIZERS = ("sgd", "adam")
+DATA_KINDS = ("synthetic", "voc", "cifar", "moons")
+
+
+def spec(kind: type | tuple[type, ...], *, lo: float | None = None, hi: float | None = None,
+         choices: tuple[Any, ...] | None = None, doc: str = "", pretrain: bool = False,
+         default: Any = dataclasses.MISSING) -> Any:
+    """A dataclass field with its allowed type, range or choices and whether it shapes pre-training.
+
+    ``pretrain=True`` marks values that change the pre-trained feature extractor; they, and only they,
+    enter :meth:`PretrainFinetuneConfig.pretrain_key`.
+    """
+    meta = {"kind": kind, "lo": lo, "hi": hi, "choices": choices, "doc": doc, "pretrain": pretrain}
+    return field(default=default, metadata=meta)
+
+
+def _describe(meta: Mapping[str, Any]) -> str:
+    if meta["choices"] is not None:
+        return "one of " + ", ".join(repr(c) for c in meta["choices"])
+    kinds = meta["kind"] if isinstance(meta["kind"], tuple) else (meta["kind"],)
+    name = " or ".join(k.__name__ for k in kinds if k is not type(None))
+    article = "an" if name[0] in "aeiou" else "a"
+    lo, hi = meta["lo"], meta["hi"]
+    if lo is not None and hi is not None:
+        return f"{article} {name} in [{lo}, {hi}]"
+    if lo is not None:
+        return f"{article} {name} >= {lo}"
+    return f"{article} {name}"
+
+
+def _check_fields(config: Any) -> None:
+    """Check every field of a dataclass instance against its ``spec`` metadata."""
+    cls = type(config).__name__
+    for f in dataclasses.fields(config):
+        meta = f.metadata
+        if not meta:
+            continue
+        value = getattr(config, f.name)
+        kinds = meta["kind"] if isinstance(meta["kind"], tuple) else (meta["kind"],)
+        if value is None and type(None) in kinds:
+            continue
+        # bool is an int subclass: reject True where a count is expected, accept ints where floats are.
+        ok_type = isinstance(value, kinds) and not (isinstance(value, bool) and bool not in kinds)
+        if not ok_type and float in kinds and isinstance(value, int) and not isinstance(value, bool):
+            object.__setattr__(config, f.name, float(value))
+            value = float(value)
+            ok_type = True
+        if not ok_type:
+            raise ValueError(
+                f"{cls}: {f.name} must be {_describe(meta)}, got {value!r} ({type(value).__name__})"
+            )
+        if meta["choices"] is not None and value not in meta["choices"]:
+            raise ValueError(f"{cls}: {f.name} must be {_describe(meta)}, got {value!r}")
+        if isinstance(value, (int, float)) and not isinstance(value, bool):
+            if isinstance(value, float) and math.isnan(value):
+                raise ValueError(f"{cls}: {f.name} must be {_describe(meta)}, got nan")
+            if (meta["lo"] is not None and value < meta["lo"]) or (
+                meta["hi"] is not None and value > meta["hi"]
+            ):
+                raise ValueError(f"{cls}: {f.name} must be {_describe(meta)}, got {value!r}")
+
+
+def from_flat_dict(cls: type, values: Mapping[str, Any]) -> Any:
+    """Build config ``cls`` from a flat mapping; an unknown key names the closest valid key."""
+    names = [f.name for f in dataclasses.fields(cls)]
+    for key in values:
+        if key not in names:
+            close = difflib.get_close_matches(key, names, n=1)
+            hint = f"; did you mean {close[0]!r}?" if close else f"; valid keys: {', '.join(names)}"
+            raise ValueError(f"{cls.__name__}: unknown config key {key!r}{hint}")
+    return cls(**dict(values))
+
+
+def parse_data(data: str) -> tuple[str, str]:
+    """Split a data spec ``"synthetic"``, ``"moons"``, ``"voc:PATH"`` or ``"cifar:PATH"`` into (kind, root)."""
+    if not isinstance(data, str):
+        raise ValueError(f"data must be a string like 'synthetic' or 'voc:/path', got {data!r}")
+    kind, _, root = data.partition(":")
+    if kind not in DATA_KINDS:
+        raise ValueError(
+            f"data must be 'synthetic', 'moons', 'voc:PATH' or 'cifar:PATH', got {data!r}"
+        )
+    if kind in ("voc", "cifar") and not root:
+        raise ValueError(f"data {data!r} needs a local root: write '{kind}:/path/to/{kind}'")
+    if kind in ("synthetic", "moons") and root:
+        raise ValueError(f"data {data!r}: '{kind}' takes no path, write just '{kind}'")
+    return kind, root
+
+
+def _check_loss(cls: str, loss: str, params: Mapping[str, float | None]) -> None:
+    """A loss parameter is set exactly when its loss uses it, and lies in its range."""
+    wanted = LOSS_PARAMETER[loss]
+    for name, value in params.items():
+        if name != wanted and value is not None:
+            users = [l for l, p in LOSS_PARAMETER.items() if p == name]
+            raise ValueError(
+                f"{cls}: {name}={value!r} is only used by loss {users[0]!r}, but loss is {loss!r}; "
+                f"remove {name} or set loss={users[0]!r}"
+            )
+    if wanted is not None:
+        value = params[wanted]
+        lo, hi, text = LOSS_PARAMETER_RANGES[wanted]
+        if value is None:
+            raise ValueError(f"{cls}: loss {loss!r} needs {wanted} ({text})")
+        open_lo = wanted in ("q", "prior")
+        open_hi = wanted == "prior"
+        if (value < lo or (open_lo and value == lo) or value > hi or (open_hi and value == hi)):
+            raise ValueError(f"{cls}: {wanted} must satisfy {text}, got {value!r}")
+
+
+@dataclass(frozen=True)
+class PretrainFinetuneConfig:
+    """One transferability measurement (thesis Figure 1, section 5.1).
+
+    Pre-train ``model`` on the fold's 15 pre-training classes with noisy, transformed labels (unless
+    ``init`` is ``random`` or ``imagenet``), transfer its feature extractor g, fine-tune on the fold's 5
+    held-out classes with clean labels, and score the fine-tuning test mean IU.
+    """
+
+    # What is measured. condition is a free label ("HalfUnsegmented") carried to MLflow and parquet.
+    condition: str = spec(str, default="", doc="condition label for tables")
+    data: str = spec(str, default="synthetic", doc="synthetic | voc:PATH", pretrain=True)
+    fold: int = spec(int, lo=1, hi=4, default=1, doc="Table 1 fold", pretrain=True)
+    seed: int = spec(int, lo=0, default=0, doc="noise, init and batch order", pretrain=True)
+    init: str = spec(str, choices=INITS, default="pretrain", doc="initial feature extractor")
+    imagenet_weights: str = spec(str, default="", doc="local AlexNet ImageNet state dict")
+    model: str = spec(str, choices=SEGMENTATION_MODELS, default="small_fcn", pretrain=True)
+    width: int = spec(int, lo=4, hi=512, default=32, doc="small_fcn channel width", pretrain=True)
+
+    # Pre-training labels: noise (thesis 3.2) then a label transform (thesis 5.1).
+    noise_unsegment: float = spec(float, lo=0.0, hi=1.0, default=0.0, pretrain=True,
+                                  doc="P(object left unsegmented)")
+    noise_misclassify: float = spec(float, lo=0.0, hi=1.0, default=0.0, pretrain=True,
+                                    doc="random-label rate (1 = AllRandomLabels)")
+    noise_false_segment: float = spec(float, lo=0.0, hi=1.0, default=0.0, pretrain=True,
+                                      doc="P(non-target object labelled target); needs label_transform='target'")
+    noise_boundary: int = spec(int, lo=0, hi=16, default=0, pretrain=True,
+                               doc="max dilation/erosion radius in pixels")
+    label_transform: str = spec(str, choices=LABEL_TRANSFORMS, default="none", pretrain=True)
+    num_groups: int = spec(int, lo=0, hi=15, default=0, pretrain=True,
+                           doc="random_groups: number of random categories")
+
+    # Pre-training loss (thesis 4) and its warmup with class-weighted cross-entropy.
+    loss: str = spec(str, choices=tuple(LOSS_PARAMETER), default="ce", pretrain=True)
+    q: float | None = spec((float, type(None)), default=None, pretrain=True)
+    beta: float | None = spec((float, type(None)), default=None, pretrain=True)
+    gamma: float | None = spec((float, type(None)), default=None, pretrain=True)
+    prior: float | None = spec((float, type(None)), default=None, pretrain=True)
+    warmup_epochs: int = spec(int, lo=0, default=0, pretrain=True,
+                              doc="epochs of class-weighted CE before `loss`")
+    class_weighting: bool = spec(bool, default=False, pretrain=True,
+                                 doc="weight classes by observed label frequency")
+
+    # Optimisation.
+    epochs_pretrain: int = spec(int, lo=1, default=8, pretrain=True)
+    epochs_finetune: int = spec(int, lo=1, default=12)
+    lr_pretrain: float = spec(float, lo=1e-7, hi=10.0, default=2e-3, pretrain=True)
+    lr_finetune: float = spec(float, lo=1e-7, hi=10.0, default=2e-3)
+    optimizer: str = spec(str, choices=OPTIMIZERS, default="adam", pretrain=True)
+    momentum: float = spec(float, lo=0.0, hi=1.0, default=0.9, pretrain=True)
+    weight_decay: float = spec(float, lo=0.0, hi=1.0, default=1e-4, pretrain=True)
+    batch_size: int = spec(int, lo=1, hi=4096, default=32, pretrain=True)
+    eval_interval: int = spec(int, lo=1, default=1, doc="fine-tuning epochs between test evaluations")
+    objective_last_k: int = spec(int, lo=1, default=5,
+                                 doc="objective = mean of the last k fine-tuning test mean IUs")
+
+    # Data scale (synthetic) and split sizes; 0 means the data source's default.
+    image_size: int = spec(int, lo=0, hi=1024, default=0, pretrain=True)
+    images_per_class: int = spec(int, lo=0, default=0, pretrain=True)
+    finetune_train_per_class: int = spec(int, lo=0, default=0,
+                                         doc="cap on fine-tuning training images per class")
+
+    # Plumbing: where things live. Never part of the science, never part of the pre-training key.
+    pretrain_cache: str = spec(str, default="", doc="folder of cached pre-trained extractors")
+    data_cache: str = spec(str, default="", doc="folder of cached decoded data sets")
+    num_threads: int = spec(int, lo=0, default=0, doc="torch threads; 0 = the trial's CPUs")
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        cls = type(self).__name__
+        kind, _ = parse_data(self.data)
+        if kind not in ("synthetic", "voc"):
+            raise ValueError(f"{cls}: data must be 'synthetic' or 'voc:PATH' for segmentation, got {self.data!r}")
+        _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
+        if self.label_transform == "random_groups" and not 1 <= self.num_groups <= 15:
+            raise ValueError(
+                f"{cls}: label_transform='random_groups' needs num_groups in 1..15 (the pre-training "
+                f"classes), got {self.num_groups}"
+            )
+        if self.label_transform != "random_groups" and self.num_groups:
+            raise ValueError(f"{cls}: num_groups={self.num_groups} needs label_transform='random_groups'")
+        if self.noise_false_segment and self.label_transform != "target":
+            raise ValueError(
+                f"{cls}: noise_false_segment={self.noise_false_segment} needs label_transform='target' "
+                "(the false-segmentation task labels one target class)"
+            )
+        if self.noise_misclassify and self.label_transform == "target":
+            raise ValueError(f"{cls}: noise_misclassify does not apply to label_transform='target'")
+        if self.init == "imagenet":
+            if self.model != "fcn_alexnet":
+                raise ValueError(f"{cls}: init='imagenet' needs model='fcn_alexnet', got {self.model!r}")
+            if not self.imagenet_weights:
+                raise ValueError(
+                    f"{cls}: init='imagenet' needs imagenet_weights, a local file of torchvision "
+                    "AlexNet ImageNet weights (nothing is downloaded)"
+                )
+        elif self.imagenet_weights:
+            raise ValueError(f"{cls}: imagenet_weights is only used with init='imagenet'")
+        if self.warmup_epochs > self.epochs_pretrain:
+            raise ValueError(
+                f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs_pretrain={self.epochs_pretrain}"
+            )
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PretrainFinetuneConfig":
+        return from_flat_dict(cls, values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)
+
+    @property
+    def pretrains(self) -> bool:
+        """Whether this trial runs (or reuses) a pre-training phase."""
+        return self.init == "pretrain"
+
+    def pretrain_key(self) -> str:
+        """Hash of every value that shapes the pre-trained feature extractor (hex, 16 chars).
+
+        Two trials with equal keys would pre-train identical weights, so the second reuses the first's.
+        """
+        values = {f.name: getattr(self, f.name) for f in dataclasses.fields(self) if f.metadata.get("pretrain")}
+        blob = json.dumps(values, sort_keys=True).encode()
+        return hashlib.sha256(blob).hexdigest()[:16]
+
+
+def config_fields(cls: type) -> dict[str, str]:
+    """Field name -> human description (type/range and doc), for ``--help`` style listings."""
+    return {f.name: f"{_describe(f.metadata)}" + (f"; {f.metadata['doc']}" if f.metadata["doc"] else "")
+            for f in dataclasses.fields(cls)}
+
+
+PU_SETUPS = ("pu", "pn")
+
+
+@dataclass(frozen=True)
+class PUClassificationConfig:
+    """One positive-unlabelled classification run (thesis 5.2: CIFAR P/N Table 2, Figure 5; moons Figure 4).
+
+    ``setup="pu"``: a ``labelled_fraction`` of the positives keeps its label, the rest joins the
+    negatives as label 0 (the U set). ``setup="pn"``: that fraction of the positives and of the
+    negatives keeps its true label, the rest is dropped (the thesis's "P+N" baselines).
+    """
+
+    condition: str = spec(str, default="")
+    data: str = spec(str, default="synthetic", doc="synthetic | cifar:PATH | moons")
+    seed: int = spec(int, lo=0, default=0, doc="U-set draw, init and batch order")
+    setup: str = spec(str, choices=PU_SETUPS, default="pu")
+    labelled_fraction: float = spec(float, lo=0.0, hi=1.0, default=0.5)
+    loss: str = spec(str, choices=tuple(LOSS_PARAMETER), default="ce")
+    q: float | None = spec((float, type(None)), default=None)
+    beta: float | None = spec((float, type(None)), default=None)
+    gamma: float | None = spec((float, type(None)), default=None)
+    prior: float | None = spec((float, type(None)), default=None)
+    warmup_epochs: int = spec(int, lo=0, default=0, doc="epochs of class-weighted CE before `loss`")
+    class_weighting: bool = spec(bool, default=False, doc="weight classes by observed label frequency")
+    epochs: int = spec(int, lo=1, default=20)
+    lr: float = spec(float, lo=1e-7, hi=10.0, default=1e-4, doc="Adam learning rate (thesis: 1e-4)")
+    weight_decay: float = spec(float, lo=0.0, hi=1.0, default=0.0)
+    batch_size: int = spec(int, lo=1, hi=4096, default=128)
+    objective_last_k: int = spec(int, lo=1, default=5, doc="objective = mean of the last k test mean F1s")
+    images_per_class: int = spec(int, lo=0, default=0, doc="synthetic: train images per class; 0 = default")
+    max_per_source: int = spec(int, lo=0, default=0, doc="cifar: cap images per CIFAR-10/100; 0 = all")
+    points_per_class: int = spec(int, lo=0, default=400, doc="moons: points per class (thesis: 400)")
+    data_cache: str = spec(str, default="")
+    num_threads: int = spec(int, lo=0, default=0)
+
+    def __post_init__(self) -> None:
+        _check_fields(self)
+        cls = type(self).__name__
+        kind, _ = parse_data(self.data)
+        if kind not in ("synthetic", "cifar", "moons"):
+            raise ValueError(
+                f"{cls}: data must be 'synthetic', 'moons' or 'cifar:PATH' for PU classification, got {self.data!r}"
+            )
+        _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
+        if self.warmup_epochs > self.epochs:
+            raise ValueError(f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")
+        if self.setup == "pn" and self.loss != "ce":
+            raise ValueError(f"{cls}: setup='pn' has clean labels; use loss='ce', got {self.loss!r}")
+
+    @classmethod
+    def from_dict(cls, values: Mapping[str, Any]) -> "PUClassificationConfig":
+        return from_flat_dict(cls, values)
+
+    def to_dict(self) -> dict[str, Any]:
+        return dataclasses.asdict(self)

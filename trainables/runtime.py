@@ -1,0 +1,98 @@
+"""The thin layer between the training code and Ray Tune: reporting, checkpoints, devices, threads.
+
+The training functions take a ``report(metrics, checkpoint_state)`` callable instead of calling Ray, so
+they run the same inside a Tune trial, in a test, or in a plain Python loop. A checkpoint state is a
+dict of tensors and plain values, saved with ``torch.save`` and loaded with ``weights_only=True``.
+"""
+
+from __future__ import annotations
+
+import os
+import tempfile
+from pathlib import Path
+from typing import Any, Callable, Optional
+
+import numpy as np
+import torch
+
+Reporter = Callable[[dict[str, Any], Optional[dict[str, Any]]], None]
+STATE_FILE = "state.pt"
+
+
+def save_state(state: dict[str, Any], directory: str | os.PathLike) -> Path:
+    """Write a checkpoint state into ``directory`` atomically (temp file, then rename)."""
+    path = Path(directory) / STATE_FILE
+    tmp = path.with_suffix(".tmp")
+    torch.save(state, tmp)
+    os.replace(tmp, path)
+    return path
+
+
+def load_state(directory: str | os.PathLike) -> dict[str, Any]:
+    """Read a checkpoint state; a truncated or foreign file is a ValueError naming its path."""
+    path = Path(directory) / STATE_FILE
+    try:
+        return torch.load(path, map_location="cpu", weights_only=True)
+    except FileNotFoundError:
+        raise
+    except Exception as error:  # torch raises several types for corrupt zip/pickle data
+        raise ValueError(f"checkpoint file {path} is corrupt or not a noisy-transfer checkpoint: {error}") from error
+
+
+def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
+    """Report to Ray Tune, attaching ``state`` as a checkpoint when given."""
+    from ray import tune
+
+    if state is None:
+        tune.report(metrics)
+        return
+    with tempfile.TemporaryDirectory(prefix="nt-ckpt-") as directory:
+        save_state(state, directory)
+        tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+def checkpoint_state_from_tune() -> dict[str, Any] | None:
+    """The state of the trial's latest checkpoint when Ray restored the trial, else None."""
+    from ray import tune
+
+    checkpoint = tune.get_checkpoint()
+    if checkpoint is None:
+        return None
+    with checkpoint.as_directory() as directory:
+        return load_state(directory)
+
+
+def trial_cpus(default: int = 1) -> int:
+    """CPUs Ray reserved for this trial (``default`` outside a Tune trial)."""
+    try:
+        from ray import tune
+
+        resources = tune.get_context().get_trial_resources()
+        return max(1, int(resources.required_resources.get("CPU", default)))
+    except Exception:  # outside a Tune session there is no context
+        return default
+
+
+def select_device() -> torch.device:
+    """CUDA when Ray gave this trial a GPU (or, outside Ray, when one is visible), else CPU."""
+    if not torch.cuda.is_available():
+        return torch.device("cpu")
+    try:
+        import ray
+
+        if ray.is_initialized() and not ray.get_gpu_ids():
+            return torch.device("cpu")
+    except Exception:
+        pass
+    return torch.device("cuda")
+
+
+def stream_seed(seed: int, stream: str) -> int:
+    """A seed for one named random stream of a trial (batch order, init), independent of the others."""
+    words = [seed, *stream.encode()]
+    return int(np.random.SeedSequence(words).generate_state(1)[0])
+
+
+def set_threads(num_threads: int | None) -> None:
+    """Match torch's intra-op threads to the trial's CPUs, so concurrent trials don't oversubscribe."""
+    torch.set_num_threads(max(1, num_threads or trial_cpus()))
