@@ -1,0 +1,291 @@
+"""Run a study: Ray Tune trials (grid or Optuna search), MLflow logging, parquet export, the table.
+
+``run_study(spec)`` is what ``python study/run.py`` calls once the command line has been validated.
+Everything a trial needs is validated before Ray starts; what a trial measured is exported even on
+Ctrl-C, and ``--resume`` continues a stopped or crashed study from its folder.
+"""
+
+from __future__ import annotations
+
+import importlib
+import json
+import os
+import shlex
+import subprocess
+import sys
+from dataclasses import asdict
+from functools import partial
+from importlib import metadata
+from pathlib import Path
+from typing import Any
+
+import pandas as pd
+
+from search_spaces import Preset
+from search_spaces.base import TRAINABLE_CONFIGS
+from study.export import trial_frames, write_parquet
+from study.lock import StudyLock
+from study.spec import StudyError, StudySpec, environment_secret_names
+from study.tracking import MLflowTrials, close_parent_run, open_parent_run
+
+TRAINABLES = {
+    "pretrain_finetune": "trainables.pretrain_finetune:pretrain_finetune",
+    "pu_classification": "trainables.pu_classification:pu_classification",
+}
+MAX_FAILURES = 2  # a trial whose worker dies is retried this often from its last checkpoint
+CHECKPOINTS_TO_KEEP = 2
+
+
+def trainable_function(name: str) -> Any:
+    module, _, attribute = TRAINABLES[name].partition(":")
+    return getattr(importlib.import_module(module), attribute)
+
+
+def grid_param_space(configs: list[dict[str, Any]], config_cls: type) -> dict[str, Any]:
+    """A flat Ray param space whose grid over (condition, fold, seed) yields exactly ``configs``.
+
+    Values that differ between conditions are looked up from the condition with ``tune.sample_from``,
+    so every trial's config stays flat (one column per key in MLflow and parquet).
+    """
+    from ray import tune
+
+    full = [config_cls.from_dict(c).to_dict() for c in configs]
+    per_condition: dict[str, dict[str, Any]] = {}
+    for config in full:
+        per_condition.setdefault(config["condition"], config)
+    grid_keys = [k for k in ("condition", "fold", "seed") if k in full[0]]
+    space: dict[str, Any] = {}
+    for key in full[0]:
+        if key in grid_keys:
+            space[key] = tune.grid_search(list(dict.fromkeys(c[key] for c in full)))
+            continue
+        values = {name: c[key] for name, c in per_condition.items()}
+        if len({json.dumps(v) for v in values.values()}) == 1:
+            space[key] = next(iter(values.values()))
+        else:
+            space[key] = tune.sample_from(ConditionValue(key, values))
+    return space
+
+
+class ConditionValue:
+    """``tune.sample_from`` callable: the value of one config key for the trial's condition."""
+
+    def __init__(self, key: str, values: dict[str, Any]) -> None:
+        self.key, self.values = key, values
+
+    def __call__(self, spec: Any) -> Any:
+        return self.values[spec.config["condition"]]
+
+
+def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], study_dir: Path) -> Any:
+    """Optuna (seeded, persisted in the study folder) behind a ConcurrencyLimiter."""
+    import optuna
+    from ray.tune.search import ConcurrencyLimiter
+    from ray.tune.search.optuna import OptunaSearch
+
+    samplers = {
+        "tpe": lambda: optuna.samplers.TPESampler(seed=0),
+        "qmc": lambda: optuna.samplers.QMCSampler(seed=0, scramble=True),
+        "random": lambda: optuna.samplers.RandomSampler(seed=0),
+    }
+    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    searcher = OptunaSearch(
+        space=partial(preset.optuna_space, constants=constants),
+        metric=preset.metric,
+        mode=preset.mode,
+        sampler=samplers[spec.sampler](),
+        storage=storage,
+        study_name=spec.name,
+    )
+    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent or 2)
+
+
+def make_scheduler(preset: Preset, constants: dict[str, Any]) -> Any:
+    """ASHA on the fine-tuning clock for search presets (one early-stopping mechanism, not two)."""
+    from ray.tune.schedulers import ASHAScheduler
+
+    max_t = int(constants.get("epochs_finetune", constants.get("epochs", 1)))
+    return ASHAScheduler(time_attr=preset.time_attr, max_t=max_t, grace_period=max(1, max_t // 4),
+                         reduction_factor=3)
+
+
+def check_cluster(spec: StudySpec) -> None:
+    """Refuse what cannot work on the connected cluster, before any trial starts."""
+    import ray
+
+    nodes = [n for n in ray.nodes() if n.get("Alive")]
+    hosts = {n.get("NodeManagerAddress") for n in nodes}
+    if len(hosts) > 1 and not spec.storage_is_remote and not _on_network_filesystem(spec.storage):
+        raise StudyError(
+            f"--storage {spec.storage} is a node-local path, but the Ray cluster spans {len(hosts)} machines: "
+            "trials on other nodes could not write or restore checkpoints. Use shared storage: "
+            "--storage s3://BUCKET/PREFIX or a path on NFS/EFS mounted on every node."
+        )
+    most_gpus = max((n.get("Resources", {}).get("GPU", 0.0) for n in nodes), default=0.0)
+    if spec.gpus_per_trial > most_gpus and not os.environ.get("RAY_ADDRESS"):
+        raise StudyError(f"--gpus-per-trial {spec.gpus_per_trial} exceeds the GPUs of every node "
+                         f"(the most is {most_gpus:g})")
+
+
+def _on_network_filesystem(path: str) -> bool:
+    """Whether ``path`` lies on an NFS/EFS/Lustre/FUSE mount (read from /proc/mounts)."""
+    try:
+        mounts = Path("/proc/mounts").read_text().splitlines()
+    except OSError:
+        return False
+    best, best_type = "", ""
+    for line in mounts:
+        parts = line.split()
+        if len(parts) >= 3 and (path == parts[1] or path.startswith(parts[1].rstrip("/") + "/")) and len(parts[1]) > len(best):
+            best, best_type = parts[1], parts[2]
+    return best_type.startswith(("nfs", "efs", "lustre", "fuse", "ceph", "gluster"))
+
+
+def parent_tags(spec: StudySpec) -> dict[str, str]:
+    versions = {}
+    for package in ("noisy-transfer", "torch", "ray", "optuna", "mlflow"):
+        try:
+            versions[package] = metadata.version(package)
+        except metadata.PackageNotFoundError:
+            versions[package] = "not installed"
+    return {
+        "preset": spec.preset,
+        "data": spec.data,
+        "smoke": str(spec.smoke),
+        "git_commit": _git_commit(),
+        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "versions": json.dumps(versions),
+    }
+
+
+def _git_commit() -> str:
+    try:
+        out = subprocess.run(["git", "rev-parse", "HEAD"], cwd=Path(__file__).resolve().parent,
+                             capture_output=True, text=True, timeout=5)
+        return out.stdout.strip() or "unknown"
+    except (OSError, subprocess.SubprocessError):
+        return "unknown"
+
+
+def run_study(spec: StudySpec) -> Path:
+    """Run (or resume) the study described by ``spec``; returns the study folder."""
+    import mlflow  # noqa: F401  (imported early so a broken install fails before Ray starts)
+    from mlflow.tracking import MlflowClient
+    from ray import tune
+
+    preset = spec.preset_obj
+    configs = spec.trial_configs()
+    study_dir = spec.study_dir
+    if not spec.resume and (study_dir / "study.json").exists():
+        raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
+                         "or choose another --name")
+    if spec.resume and not (study_dir / "study.json").exists():
+        raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
+    secret_names = environment_secret_names()
+
+    with StudyLock(study_dir):
+        import ray
+
+        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
+        check_cluster(spec)
+        client = MlflowClient(spec.tracking_uri)
+        experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec), spec.resume)
+        meta = {
+            "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
+            "metric": preset.metric, "mode": preset.mode, "tracking_uri": spec.tracking_uri,
+            "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": spec.storage,
+            "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
+            "folds": sorted({c["fold"] for c in configs if "fold" in c}),
+            "seeds": sorted({c["seed"] for c in configs}),
+        }
+        (study_dir / "study.json").write_text(json.dumps(meta, indent=2))
+        callback = MLflowTrials(spec.tracking_uri, experiment_id, parent_run_id, study_dir / "artifacts", secret_names)
+        trainable = tune.with_resources(trainable_function(preset.trainable),
+                                        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+        config_cls = TRAINABLE_CONFIGS[preset.trainable]
+        if preset.is_search:
+            constants = config_cls.from_dict(configs[0]).to_dict()
+            param_space = constants
+            tune_config = tune.TuneConfig(
+                metric=preset.metric, mode=preset.mode,
+                search_alg=make_searcher(spec, preset, constants, study_dir),
+                scheduler=make_scheduler(preset, constants),
+                num_samples=spec.num_samples or (4 if spec.smoke else preset.num_samples),
+            )
+        else:
+            param_space = grid_param_space(configs, config_cls)
+            tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode,
+                                          max_concurrent_trials=spec.max_concurrent or None)
+        run_config = tune.RunConfig(
+            name=spec.name,
+            storage_path=spec.storage,
+            callbacks=[callback],
+            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+            verbose=1,
+        )
+        experiment_path = f"{spec.storage.rstrip('/')}/{spec.name}"
+        status = "FAILED"
+        try:
+            if spec.resume and tune.Tuner.can_restore(experiment_path):
+                tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
+                                           param_space=param_space)
+            elif spec.resume:
+                print(f"[noisy-transfer] no Ray Tune state at {experiment_path} yet; starting its trials afresh")
+                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                                   run_config=run_config)
+            else:
+                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                                   run_config=run_config)
+            tuner.fit()
+            status = "FINISHED"
+        except KeyboardInterrupt:
+            status = "KILLED"
+            print("\n[noisy-transfer] interrupted: exporting what finished; continue with --resume")
+        finally:
+            export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls, secret_names)
+            close_parent_run(client, parent_run_id, status)
+        print_summary(study_dir)
+    return study_dir
+
+
+def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,
+                 config_cls: type, secret_names: set[str]) -> None:
+    """Write trials.parquet and history.parquet from Ray Tune's experiment state."""
+    from dataclasses import fields
+
+    from ray.tune import ExperimentAnalysis
+
+    try:
+        analysis = ExperimentAnalysis(experiment_path)
+    except Exception as error:  # nothing ran yet: no state to export
+        print(f"[noisy-transfer] nothing to export yet ({error})")
+        return
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=50_000)
+    run_ids = {run.data.tags.get("trial_id", ""): run.info.run_id for run in runs}
+    trials, history = trial_frames(
+        analysis.trials, analysis.trial_dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
+        config_keys=[f.name for f in fields(config_cls)], secret_names=secret_names,
+    )
+    write_parquet(trials, spec.study_dir / "trials.parquet")
+    write_parquet(history, spec.study_dir / "history.parquet")
+    print(f"[noisy-transfer] wrote {spec.study_dir / 'trials.parquet'} ({len(trials)} trials) and "
+          f"{spec.study_dir / 'history.parquet'} ({len(history)} rows)")
+
+
+def print_summary(study_dir: Path) -> None:
+    """The preset's table in the terminal, and where everything is."""
+    try:
+        from analysis.report import summary_text
+
+        print(summary_text(study_dir))
+    except Exception as error:  # the table is a convenience; the parquet files are the result
+        trials = pd.read_parquet(study_dir / "trials.parquet") if (study_dir / "trials.parquet").exists() else None
+        if trials is not None and "objective" in trials:
+            print(trials.groupby("condition")["objective"].agg(["mean", "std", "count"]).to_string())
+        print(f"[noisy-transfer] (table unavailable: {error})")
+    meta = json.loads((study_dir / "study.json").read_text())
+    print(f"[noisy-transfer] results: {study_dir}\n"
+          f"[noisy-transfer] compare runs: mlflow ui --backend-store-uri {meta['tracking_uri']}\n"
+          f"[noisy-transfer] report: python -m analysis.report {study_dir}")

@@ -1,0 +1,119 @@
+"""Export a study's trials to parquet: ``trials.parquet`` (one row per trial) and ``history.parquet``
+(one row per trial, phase and epoch). The schema is documented in README ("Results").
+
+Both are rebuilt from Ray Tune's experiment state on every export, so an export after a crash, a Ctrl-C
+or a resume is complete and has each trial exactly once; a retried trial's re-reported epochs are
+deduplicated (last report wins).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+from typing import Any, Iterable, Mapping
+
+import numpy as np
+import pandas as pd
+
+from study.tracking import is_metric
+
+PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
+TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error")
+HISTORY_COLUMNS = ("study", "trial_id", "condition", "fold", "seed", "phase", "epoch", "epoch_total")
+
+
+def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], *, study: str, preset: str,
+                 run_ids: Mapping[str, str], config_keys: Iterable[str],
+                 secret_names: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+    """(trials, history) frames from Ray Tune trials and their result dataframes (keyed by trial id).
+
+    ``config_keys`` are the trainable's config fields, each exported as a column under its own name.
+    """
+    config_keys = [k for k in config_keys if k not in set(secret_names)]
+    trial_rows, histories = [], []
+    for trial in trials:
+        last = dict(trial.last_result or {})
+        row: dict[str, Any] = {
+            "study": study,
+            "preset": preset,
+            "trial_id": trial.trial_id,
+            "mlflow_run_id": run_ids.get(trial.trial_id, ""),
+            "status": str(trial.status),
+            "error": _error_line(trial) if str(trial.status) == "ERROR" else "",
+        }
+        row.update({key: trial.config.get(key) for key in config_keys})
+        row.update({key: float(value) for key, value in last.items() if is_metric(key, value)})
+        trial_rows.append(row)
+        frame = dataframes.get(trial.trial_id)
+        if frame is not None and len(frame):
+            histories.append(_history(frame, trial, study))
+    trials_frame = pd.DataFrame(trial_rows)
+    for column in TRIAL_COLUMNS:
+        if column not in trials_frame:
+            trials_frame[column] = pd.Series(dtype=str)
+    history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=list(HISTORY_COLUMNS))
+    return _tidy(trials_frame), history
+
+
+def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:
+    """One trial's reports as history rows: per-phase epoch unified in ``epoch``, metrics kept as is."""
+    metric_columns = [c for c in frame.columns if c not in PHASE_EPOCH_KEYS and not c.startswith("config/")
+                      and ("/" in c or c == "objective")]
+    epoch = pd.Series(np.nan, index=frame.index)
+    for key in PHASE_EPOCH_KEYS:
+        if key in frame:
+            epoch = epoch.fillna(frame[key])
+    history = pd.DataFrame({
+        "study": study,
+        "trial_id": trial.trial_id,
+        "condition": trial.config.get("condition", ""),
+        "fold": trial.config.get("fold", np.nan),
+        "seed": trial.config.get("seed"),
+        "phase": frame.get("phase", pd.Series("", index=frame.index)).astype(str),
+        "epoch": epoch.astype("Int64"),
+        "epoch_total": frame["epoch_total"].astype("Int64") if "epoch_total" in frame else epoch.astype("Int64"),
+    })
+    for column in metric_columns:
+        history[column] = pd.to_numeric(frame[column], errors="coerce")
+    # A retried trial re-reports the epochs after its last checkpoint: keep the last report of each.
+    history = history.drop_duplicates(subset=["trial_id", "epoch_total"], keep="last")
+    return history.sort_values("epoch_total").reset_index(drop=True)
+
+
+def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
+    """Parquet needs one type per column: config values that mix None and numbers become floats."""
+    for column in frame.columns:
+        values = frame[column]
+        if values.dtype == object and values.map(lambda v: v is None or isinstance(v, (int, float))).all():
+            frame[column] = pd.to_numeric(values, errors="coerce")
+        elif values.dtype == object:
+            frame[column] = values.map(lambda v: "" if v is None else str(v))
+    return frame.sort_values(["trial_id"]).reset_index(drop=True) if len(frame) else frame
+
+
+def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
+    """Write atomically (temp file then rename): a reader never sees half a file."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    frame.to_parquet(tmp, index=False)
+    os.replace(tmp, path)
+    return path
+
+
+def _error_line(trial: Any) -> str:
+    try:
+        error = trial.get_error()
+    except Exception:
+        return "error (see the trial's error.txt)"
+    if not error:
+        return "error (see the trial's error.txt)"
+    lines = [line for line in str(error).strip().splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else "error"
+
+
+def finite_or_nan(value: Any) -> float:
+    try:
+        value = float(value)
+    except (TypeError, ValueError):
+        return math.nan
+    return value if math.isfinite(value) else math.nan

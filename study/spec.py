@@ -1,0 +1,201 @@
+"""The study's command line, parsed into a frozen, validated :class:`StudySpec` before Ray starts.
+
+Every check here is cheap and local: preset names, data specs and roots, folds, counts, files. A bad
+value exits with one line that names it and the fix (``StudyError``), and nothing is written.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Sequence
+
+from search_spaces import DEFAULT_PRESET, PRESETS, Preset, get_preset, validate_search
+from trainables.config import parse_data
+
+SAMPLERS = ("tpe", "qmc", "random")
+
+
+class StudyError(ValueError):
+    """A problem with what the user asked for; printed as one line, exit code 2."""
+
+
+@dataclass(frozen=True)
+class StudySpec:
+    """Everything one invocation of ``study/run.py`` asked for, validated."""
+
+    preset: str
+    data: str
+    output: Path
+    name: str
+    tracking_uri: str
+    storage: str
+    num_samples: int | None
+    seeds: int | None
+    folds: tuple[int, ...] | None
+    cpus_per_trial: float
+    gpus_per_trial: float
+    max_concurrent: int
+    sampler: str
+    imagenet_weights: str
+    smoke: bool
+    resume: bool
+
+    @property
+    def study_dir(self) -> Path:
+        return self.output / self.name
+
+    @property
+    def storage_is_remote(self) -> bool:
+        return "://" in self.storage and not self.storage.startswith("file://")
+
+    @property
+    def preset_obj(self) -> Preset:
+        return get_preset(self.preset)
+
+    def trial_configs(self) -> list[dict[str, Any]]:
+        """The validated configs of a grid preset, or the constant config(s) of a search preset."""
+        preset = self.preset_obj
+        overrides = {"data_cache": str(self.output / ".cache" / "data")}
+        if preset.trainable == "pretrain_finetune":
+            overrides["pretrain_cache"] = pretrain_cache_location(self.storage, self.name)
+        try:
+            configs = preset.trial_configs(self.data, folds=self.folds, seeds=self.seeds, smoke=self.smoke,
+                                           imagenet_weights=self.imagenet_weights, overrides=overrides)
+            if preset.is_search:
+                validate_search(preset, configs[0])
+        except ValueError as error:
+            raise StudyError(str(error)) from None
+        return configs
+
+
+def pretrain_cache_location(storage: str, name: str) -> str:
+    """The pre-training cache folder, under the study's storage so every node of a cluster shares it."""
+    return f"{storage.rstrip('/')}/{name}/pretrain_cache"
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python study/run.py",
+        description="Run a noisy-transfer study: Ray Tune trials of pretrain-then-finetune (or PU "
+        "classification), searched by Optuna, logged to MLflow, exported to parquet.",
+    )
+    parser.add_argument("--preset", default=DEFAULT_PRESET, help=f"study preset (default {DEFAULT_PRESET}); "
+                        "see --list-presets")
+    parser.add_argument("--data", default=None, help="synthetic | voc:PATH | cifar:PATH | moons "
+                        "(default: synthetic, or moons for fig4)")
+    parser.add_argument("--output", default="results", help="folder of study folders (default: results)")
+    parser.add_argument("--name", default=None, help="study name (default: the preset name, +'-smoke')")
+    parser.add_argument("--tracking-uri", default=None,
+                        help="MLflow tracking URI (default: sqlite:///OUTPUT/NAME/mlflow.db)")
+    parser.add_argument("--storage", default=None, help="Ray Tune storage: a shared path or s3:// URI "
+                        "(default: OUTPUT/ray; must be shared storage on a multi-node cluster)")
+    parser.add_argument("--num-samples", type=int, default=None, help="trials the searcher draws (search presets)")
+    parser.add_argument("--seeds", type=int, default=None, help="seeds per condition and fold")
+    parser.add_argument("--folds", default=None, help="comma-separated folds from 1..4, e.g. 1,3")
+    parser.add_argument("--cpus-per-trial", type=float, default=1.0)
+    parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
+    parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as resources allow)")
+    parser.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe | qmc | random")
+    parser.add_argument("--imagenet-weights", default="", help="local torchvision AlexNet state dict "
+                        "(adds the ImageNetModel baseline)")
+    parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch per phase, minimal grid")
+    parser.add_argument("--resume", action="store_true", help="continue the study in its folder")
+    parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    return parser
+
+
+def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
+    """Parse and validate the command line; None when it asked only for --list-presets."""
+    args = build_parser().parse_args(argv)
+    if args.list_presets:
+        return None
+    if args.preset not in PRESETS:
+        raise StudyError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
+    preset = PRESETS[args.preset]
+    data = args.data or ("moons" if preset.data_kinds == ("moons",) else "synthetic")
+    try:
+        kind, root = parse_data(data)
+    except ValueError as error:
+        raise StudyError(f"--data: {error}") from None
+    if kind not in preset.data_kinds:
+        raise StudyError(f"--data {data!r}: preset {preset.name} runs on {' or '.join(preset.data_kinds)} data")
+    if root and not Path(root).expanduser().is_dir():
+        raise StudyError(f"--data {data!r}: data root {root} does not exist (nothing is downloaded; "
+                         f"point it at a local copy of the {kind.upper()} data)")
+    if root:
+        data = f"{kind}:{Path(root).expanduser().resolve()}"
+    folds = _parse_folds(args.folds)
+    for flag, value in (("--num-samples", args.num_samples), ("--seeds", args.seeds)):
+        if value is not None and value < 1:
+            raise StudyError(f"{flag} must be a positive integer, got {value}")
+    if args.max_concurrent < 0:
+        raise StudyError(f"--max-concurrent must be >= 0 (0 = as resources allow), got {args.max_concurrent}")
+    if args.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.sampler not in SAMPLERS:
+        raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
+        raise StudyError(f"--imagenet-weights: file {args.imagenet_weights} does not exist")
+    if args.num_samples is not None and not preset.is_search:
+        raise StudyError(f"--num-samples: preset {preset.name} is a grid; repeat it with --seeds instead")
+    if folds and not preset.uses_folds:
+        raise StudyError(f"--folds: preset {preset.name} has no folds (it is a classification study)")
+    output = Path(args.output).expanduser().resolve()
+    name = args.name or (f"{preset.name}-smoke" if args.smoke else preset.name)
+    if not name or "/" in name or name.startswith("."):
+        raise StudyError(f"--name must be a plain folder name, got {name!r}")
+    storage = args.storage or str(output / "ray")
+    if "://" not in storage:
+        storage = str(Path(storage).expanduser().resolve())
+    spec = StudySpec(
+        preset=preset.name,
+        data=data,
+        output=output,
+        name=name,
+        tracking_uri=args.tracking_uri or f"sqlite:///{output / name / 'mlflow.db'}",
+        storage=storage,
+        num_samples=args.num_samples,
+        seeds=args.seeds,
+        folds=folds,
+        cpus_per_trial=args.cpus_per_trial,
+        gpus_per_trial=args.gpus_per_trial,
+        max_concurrent=args.max_concurrent,
+        sampler=args.sampler,
+        imagenet_weights=str(Path(args.imagenet_weights).resolve()) if args.imagenet_weights else "",
+        smoke=args.smoke,
+        resume=args.resume,
+    )
+    spec.trial_configs()  # validate every trial now
+    return spec
+
+
+def _parse_folds(text: str | None) -> tuple[int, ...] | None:
+    if text is None:
+        return None
+    try:
+        folds = tuple(int(part) for part in text.split(",") if part.strip())
+    except ValueError:
+        raise StudyError(f"--folds must be comma-separated integers from 1..4, got {text!r}") from None
+    bad = [f for f in folds if not 1 <= f <= 4]
+    if not folds or bad:
+        raise StudyError(f"--folds must be comma-separated integers from 1..4, got {text!r}")
+    if len(set(folds)) != len(folds):
+        raise StudyError(f"--folds lists a fold twice: {text!r}")
+    return folds
+
+
+def list_presets() -> str:
+    width = max(len(name) for name in PRESETS)
+    return "\n".join(f"{name:<{width}}  {preset.description}" for name, preset in PRESETS.items())
+
+
+def environment_secret_names(environ: dict[str, str] | None = None) -> set[str]:
+    """Names of environment variables that look like credentials (never logged anywhere)."""
+    environ = dict(os.environ if environ is None else environ)
+    markers = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "ACCESS_KEY", "PRIVATE_KEY", "API_KEY")
+    return {name for name in environ if any(marker in name.upper() for marker in markers)}

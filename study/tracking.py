@@ -1,0 +1,206 @@
+"""MLflow logging of a study: one experiment per study, one parent run, one nested child run per trial.
+
+The driver is the only MLflow writer (workers never talk to the tracking server, so the server can
+listen on the head's loopback). :class:`MLflowTrials` is a Ray Tune callback: it opens a child run when
+a trial starts, logs every reported metric at step ``epoch_total``, and on completion logs the
+artifacts from the trial's final checkpoint. Child runs are found again by their ``trial_id`` tag, so a
+restored study never creates a second run for a trial, and steps already logged are never logged twice
+(a retried trial re-reports the epochs after its last checkpoint).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tempfile
+import traceback
+from pathlib import Path
+from typing import Any, Mapping
+
+import numpy as np
+from mlflow.entities import Metric, Param, RunStatus, RunTag
+from mlflow.tracking import MlflowClient
+from ray import tune
+
+from trainables.runtime import load_state
+
+# Keys of a trial's report that are metrics (identical names in MLflow and parquet). Ray's own
+# bookkeeping keys (time_this_iter_s, pid, ...) are left out.
+NON_METRIC_KEYS = {"phase", "trial_id", "done", "config"}
+_TAG_LIMIT = 5000  # MLflow's maximum tag value length
+
+
+def is_metric(key: str, value: Any) -> bool:
+    """Whether a report entry is one of the trainables' metrics."""
+    return (
+        key not in NON_METRIC_KEYS
+        and ("/" in key or key in ("objective", "epoch_total"))
+        and isinstance(value, (int, float, np.number))
+        and not isinstance(value, bool)
+    )
+
+
+def open_parent_run(client: MlflowClient, study: str, tags: Mapping[str, str], resume: bool) -> tuple[str, str]:
+    """(experiment_id, parent_run_id): the study's experiment and parent run, reused on resume."""
+    experiment = client.get_experiment_by_name(study)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study)
+    if resume:
+        runs = client.search_runs([experiment_id], filter_string="tags.`noisy_transfer.role` = 'study'",
+                                  max_results=1, order_by=["attributes.start_time DESC"])
+        if runs:
+            client.update_run(runs[0].info.run_id, status="RUNNING")
+            return experiment_id, runs[0].info.run_id
+    run = client.create_run(experiment_id, run_name=study,
+                            tags={**tags, "noisy_transfer.role": "study", "study": study})
+    return experiment_id, run.info.run_id
+
+
+def close_parent_run(client: MlflowClient, run_id: str, status: str) -> None:
+    client.set_terminated(run_id, status=status)
+
+
+class MLflowTrials(tune.Callback):
+    """Ray Tune callback that mirrors every trial into a nested MLflow run (see module docstring)."""
+
+    def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, artifacts_dir: Path,
+                 secret_names: set[str] | None = None) -> None:
+        self.tracking_uri = tracking_uri
+        self.experiment_id = experiment_id
+        self.parent_run_id = parent_run_id
+        self.artifacts_dir = Path(artifacts_dir)
+        self.secret_names = set(secret_names or ())
+        self._client: MlflowClient | None = None
+        self._runs: dict[str, str] = {}  # trial_id -> run_id
+        self._last_step: dict[str, int] = {}  # trial_id -> last epoch_total logged
+
+    # The client is created lazily: Ray pickles callbacks with the experiment state.
+    @property
+    def client(self) -> MlflowClient:
+        if self._client is None:
+            self._client = MlflowClient(self.tracking_uri)
+        return self._client
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = dict(self.__dict__)
+        state["_client"] = None
+        return state
+
+    def run_id(self, trial: Any) -> str:
+        """The child run of ``trial``, found by tag or created (with params and tags) on first use."""
+        trial_id = trial.trial_id
+        if trial_id in self._runs:
+            return self._runs[trial_id]
+        found = self.client.search_runs(
+            [self.experiment_id],
+            filter_string=f"tags.trial_id = '{trial_id}' and tags.`mlflow.parentRunId` = '{self.parent_run_id}'",
+            max_results=1,
+        )
+        if found:
+            run = found[0]
+            self._last_step[trial_id] = int(run.data.metrics.get("epoch_total", 0))
+        else:
+            config = trial.config
+            tags = {
+                "mlflow.parentRunId": self.parent_run_id,
+                "trial_id": trial_id,
+                "condition": str(config.get("condition", "")),
+                "seed": str(config.get("seed", "")),
+                "status": "RUNNING",
+            }
+            if "fold" in config:
+                tags["fold"] = str(config["fold"])
+            name = " ".join(f"{k}={tags[k]}" for k in ("condition", "fold", "seed") if k in tags)
+            run = self.client.create_run(self.experiment_id, run_name=f"{trial_id} {name}", tags=tags)
+            params = [Param(k, str(v)) for k, v in sorted(config.items()) if k not in self.secret_names]
+            for start in range(0, len(params), 100):  # MLflow's batch limit
+                self.client.log_batch(run.info.run_id, params=params[start:start + 100])
+            self._last_step[trial_id] = 0
+        self._runs[trial_id] = run.info.run_id
+        return run.info.run_id
+
+    def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        self.client.set_tag(run_id, "status", "RUNNING")
+
+    def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        step = int(result.get("epoch_total", result.get("training_iteration", 0)))
+        if step <= self._last_step.get(trial.trial_id, 0):
+            return  # re-reported after a retry from an earlier checkpoint: logged already
+        timestamp = int(result.get("timestamp", 0) * 1000)
+        metrics = [
+            Metric(key, float(value), timestamp, step)
+            for key, value in result.items()
+            if is_metric(key, value) and math.isfinite(float(value))
+        ]
+        if metrics:
+            self.client.log_batch(run_id, metrics=metrics)
+        self._last_step[trial.trial_id] = step
+
+    def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        try:
+            self._log_artifacts(run_id, trial)
+        finally:
+            self.client.set_tag(run_id, "status", "FINISHED")
+            self.client.set_terminated(run_id, status="FINISHED")
+        result = trial.last_result or {}
+        summary = " ".join(
+            f"{key}={result[key]:.4f}" for key in ("objective", "finetune/test_mean_iu", "test/mean_f1")
+            if isinstance(result.get(key), float) and math.isfinite(result[key])
+        )
+        print(f"[noisy-transfer] trial {trial.trial_id} done: {_describe(trial.config)} {summary}", flush=True)
+
+    def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
+        run_id = self.run_id(trial)
+        message = _error_message(trial)
+        self.client.log_batch(run_id, tags=[RunTag("status", "FAILED"), RunTag("error", message[-_TAG_LIMIT:])])
+        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
+        print(f"[noisy-transfer] trial {trial.trial_id} FAILED: {_describe(trial.config)}: "
+              f"{message.strip().splitlines()[-1] if message.strip() else 'unknown error'}", flush=True)
+
+    def _log_artifacts(self, run_id: str, trial: Any) -> None:
+        """Config JSON, final confusion matrix, sample predictions / decision boundary, from the checkpoint."""
+        folder = self.artifacts_dir / trial.trial_id
+        folder.mkdir(parents=True, exist_ok=True)
+        config = {k: v for k, v in trial.config.items() if k not in self.secret_names}
+        (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
+        checkpoint = trial.checkpoint
+        if checkpoint is not None:
+            with tempfile.TemporaryDirectory() as scratch:
+                state = load_state(checkpoint.to_directory(scratch))
+            write_state_artifacts(state, folder)
+        self.client.log_artifacts(run_id, str(folder))
+
+
+def write_state_artifacts(state: Mapping[str, Any], folder: Path) -> None:
+    """The human-facing artifacts a final checkpoint state carries, written into ``folder``."""
+    if "confusion" in state:
+        matrix = np.asarray(state["confusion"]).tolist()
+        (folder / "confusion.json").write_text(json.dumps({"rows": "ground truth", "columns": "prediction",
+                                                           "matrix": matrix}))
+    from study.figures import render_samples
+
+    for key in ("samples", "pretrain_samples"):  # fine-tuning test predictions; noisy pre-training labels
+        if state.get(key):
+            render_samples({k: np.asarray(v) for k, v in state[key].items()}, folder / f"{key}.png")
+    if "boundary" in state:
+        np.savez_compressed(folder / "boundary.npz", **{k: np.asarray(v) for k, v in state["boundary"].items()})
+
+
+def _describe(config: Mapping[str, Any]) -> str:
+    parts = [str(config.get("condition", ""))]
+    if "fold" in config:
+        parts.append(f"fold {config['fold']}")
+    parts.append(f"seed {config.get('seed')}")
+    return ", ".join(parts)
+
+
+def _error_message(trial: Any) -> str:
+    try:
+        error = trial.get_error()
+    except Exception:  # reading the error file must never break the study
+        error = None
+    if error is None:
+        return "trial failed; see the trial's error.txt"
+    return error if isinstance(error, str) else "".join(traceback.format_exception(error))

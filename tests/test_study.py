@@ -1,0 +1,142 @@
+"""End-to-end studies on a local Ray: every preset at smoke size, MLflow runs, parquet files, resume,
+and the command line's refusals of bad input before Ray starts."""
+
+from __future__ import annotations
+
+import json
+import math
+from dataclasses import fields
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search_spaces import PRESETS
+from search_spaces.base import TRAINABLE_CONFIGS
+from study.export import HISTORY_COLUMNS, TRIAL_COLUMNS
+from study.run import main
+from study.spec import parse_spec
+
+pytestmark = pytest.mark.slow
+
+
+def _run(tmp_path: Path, *args: str) -> Path:
+    argv = ["--smoke", "--output", str(tmp_path / "results"), *args]
+    assert main(argv) == 0
+    spec = parse_spec(argv)
+    return spec.study_dir
+
+
+def _children(study_dir: Path) -> tuple[MlflowClient, list, object]:
+    meta = json.loads((study_dir / "study.json").read_text())
+    client = MlflowClient(meta["tracking_uri"])
+    runs = client.search_runs([meta["experiment_id"]], max_results=1000)
+    parents = [r for r in runs if r.data.tags.get("noisy_transfer.role") == "study"]
+    assert len(parents) == 1, "exactly one parent run per study"
+    children = [r for r in runs if r.data.tags.get("mlflow.parentRunId") == parents[0].info.run_id]
+    return client, children, parents[0]
+
+
+@pytest.mark.parametrize("preset", sorted(PRESETS))
+def test_every_preset_runs_end_to_end_at_smoke_size(preset, tmp_path, ray_local):
+    study_dir = _run(tmp_path, "--preset", preset)
+    trials = pd.read_parquet(study_dir / "trials.parquet")
+    history = pd.read_parquet(study_dir / "history.parquet")
+    spec = PRESETS[preset]
+    config_keys = [f.name for f in fields(TRAINABLE_CONFIGS[spec.trainable])]
+
+    expected = 4 if spec.is_search else len(spec.trial_configs(json.loads(
+        (study_dir / "study.json").read_text())["data"], smoke=True))
+    assert len(trials) == expected
+    assert set(TRIAL_COLUMNS) <= set(trials.columns)
+    assert set(config_keys) - {"pretrain_cache", "data_cache"} <= set(trials.columns)
+    assert set(HISTORY_COLUMNS) <= set(history.columns)
+    assert (trials["status"] == "TERMINATED").all(), trials[["trial_id", "status", "error"]]
+    assert trials["trial_id"].is_unique
+    # every trial has its whole history once: epoch_total runs 1..n without gaps or doubles
+    for trial_id, rows in history.groupby("trial_id"):
+        steps = rows["epoch_total"].tolist()
+        assert steps == list(range(1, len(steps) + 1)), (trial_id, steps)
+    finished = trials[trials["status"] == "TERMINATED"]
+    assert finished["objective"].between(0, 1).all()
+    if spec.trainable == "pretrain_finetune":
+        assert set(history["phase"]) <= {"pretrain", "finetune"}
+        assert "finetune/test_mean_iu" in history
+    else:
+        assert set(history["phase"]) == {"train"}
+        assert "test/mean_f1" in history
+
+    client, children, parent = _children(study_dir)
+    assert parent.data.tags["preset"] == preset
+    assert {"git_commit", "command", "versions", "data"} <= set(parent.data.tags)
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(trials["trial_id"])
+    assert set(trials["mlflow_run_id"]) == {r.info.run_id for r in children}
+    for run in children:
+        assert run.info.status == "FINISHED"
+        assert run.data.tags["condition"] and run.data.tags["status"] == "FINISHED"
+        assert run.data.params["condition"] == run.data.tags["condition"]
+        steps = [m.step for m in client.get_metric_history(run.info.run_id, "epoch_total")]
+        assert steps == sorted(set(steps)) and steps[0] == 1, "each step logged once, in order"
+        objective = client.get_metric_history(run.info.run_id, "objective")
+        assert objective and all(math.isfinite(m.value) for m in objective)
+        artifacts = {a.path for a in client.list_artifacts(run.info.run_id)}
+        assert {"config.json", "confusion.json"} <= artifacts
+
+
+def test_resume_runs_only_unfinished_trials_and_keeps_every_trial_once(tmp_path, ray_local):
+    study_dir = _run(tmp_path, "--preset", "quick")
+    # Simulate a study stopped before its last trial ran: drop that trial from Ray's experiment state
+    # by resuming into a fresh name is not possible, so resume the finished study: nothing may rerun.
+    before = pd.read_parquet(study_dir / "trials.parquet")
+    assert main(["--smoke", "--output", str(tmp_path / "results"), "--preset", "quick", "--resume"]) == 0
+    after = pd.read_parquet(study_dir / "trials.parquet")
+    assert sorted(after["trial_id"]) == sorted(before["trial_id"])
+    pd.testing.assert_series_equal(after.sort_values("trial_id")["objective"].reset_index(drop=True),
+                                   before.sort_values("trial_id")["objective"].reset_index(drop=True))
+    _, children, _ = _children(study_dir)
+    assert len(children) == len(before), "resuming created no second run for any trial"
+
+
+def test_a_second_study_in_the_same_folder_is_refused(tmp_path, ray_local, capsys):
+    _run(tmp_path, "--preset", "quick")
+    assert main(["--smoke", "--output", str(tmp_path / "results"), "--preset", "quick"]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
+    ("argv", "message"),
+    [
+        (["--preset", "nope"], "unknown preset 'nope'"),
+        (["--data", "voc"], "needs a local root"),
+        (["--data", "imagenet:/x"], "--data"),
+        (["--data", "voc:/does/not/exist"], "does not exist"),
+        (["--folds", "5"], "--folds"),
+        (["--folds", "1,x"], "--folds"),
+        (["--seeds", "-1"], "--seeds must be a positive integer"),
+        (["--num-samples", "0", "--preset", "search"], "--num-samples must be a positive integer"),
+        (["--num-samples", "3"], "grid"),
+        (["--max-concurrent", "-2"], "--max-concurrent"),
+        (["--gpus-per-trial", "-1"], "--gpus-per-trial"),
+        (["--sampler", "grid"], "--sampler"),
+        (["--preset", "table2", "--data", "voc:/tmp"], "runs on synthetic or cifar"),
+        (["--preset", "table2", "--folds", "1"], "no folds"),
+        (["--imagenet-weights", "/no/such/file.pt"], "--imagenet-weights"),
+    ],
+)
+def test_bad_command_line_exits_2_with_one_line_before_ray_starts(argv, message, tmp_path, capsys):
+    import ray
+
+    was_running = ray.is_initialized()
+    assert main([*argv, "--output", str(tmp_path / "out")]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and err.startswith("error: ") and message in err
+    assert "Traceback" not in err
+    assert not (tmp_path / "out").exists(), "nothing written"
+    assert ray.is_initialized() == was_running, "Ray not started"
+
+
+def test_list_presets_names_every_preset(capsys):
+    assert main(["--list-presets"]) == 0
+    out = capsys.readouterr().out
+    assert all(name in out for name in PRESETS)
