@@ -73,8 +73,8 @@ class ConditionValue:
     def __init__(self, key: str, values: dict[str, Any]) -> None:
         self.key, self.values = key, values
 
-    def __call__(self, spec: Any) -> Any:
-        return self.values[spec.config["condition"]]
+    def __call__(self, config: Any) -> Any:
+        return self.values[config["condition"]]
 
 
 def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], study_dir: Path) -> Any:
@@ -109,7 +109,7 @@ def make_scheduler(preset: Preset, constants: dict[str, Any]) -> Any:
                          reduction_factor=3)
 
 
-def check_cluster(spec: StudySpec) -> None:
+def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
     """Refuse what cannot work on the connected cluster, before any trial starts."""
     import ray
 
@@ -122,9 +122,26 @@ def check_cluster(spec: StudySpec) -> None:
             "--storage s3://BUCKET/PREFIX or a path on NFS/EFS mounted on every node."
         )
     most_gpus = max((n.get("Resources", {}).get("GPU", 0.0) for n in nodes), default=0.0)
-    if spec.gpus_per_trial > most_gpus and not os.environ.get("RAY_ADDRESS"):
+    # On a cluster, GPU workers may not exist yet (the autoscaler starts them for pending trials);
+    # only a Ray this driver started itself has a fixed, known set of GPUs.
+    if spec.gpus_per_trial > most_gpus and started_local_ray:
         raise StudyError(f"--gpus-per-trial {spec.gpus_per_trial} exceeds the GPUs of every node "
                          f"(the most is {most_gpus:g})")
+
+
+def _existing_cluster() -> str | None:
+    """The address of a running cluster ``ray.init()`` would connect to (RAY_ADDRESS, ``ray start``)."""
+    address = os.environ.get("RAY_ADDRESS")
+    if address and address != "local":
+        return address
+    if address == "local":
+        return None
+    try:
+        from ray._private.services import canonicalize_bootstrap_address
+
+        return canonicalize_bootstrap_address(None)
+    except Exception:  # a private helper: if it moved, assume a local start (the GPU check then applies)
+        return None
 
 
 def _on_network_filesystem(path: str) -> bool:
@@ -186,8 +203,9 @@ def run_study(spec: StudySpec) -> Path:
     with StudyLock(study_dir):
         import ray
 
+        started_local_ray = not ray.is_initialized() and _existing_cluster() is None
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
-        check_cluster(spec)
+        check_cluster(spec, started_local_ray)
         client = MlflowClient(spec.tracking_uri)
         experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec), spec.resume)
         meta = {
@@ -241,17 +259,23 @@ def run_study(spec: StudySpec) -> Path:
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
-            print("\n[noisy-transfer] interrupted: exporting what finished; continue with --resume")
         finally:
-            export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls, secret_names)
+            trials = export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls,
+                                  secret_names)
+            # Ray Tune turns Ctrl-C into a graceful stop and returns: unfinished trials tell.
+            if status == "FINISHED" and trials is not None and trials["status"].isin(["PENDING", "RUNNING", "PAUSED"]).any():
+                status = "KILLED"
+            if status == "KILLED":
+                print(f"\n[noisy-transfer] interrupted: exported what finished; continue with --resume "
+                      f"(same arguments plus --resume)")
             close_parent_run(client, parent_run_id, status)
         print_summary(study_dir)
     return study_dir
 
 
 def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,
-                 config_cls: type, secret_names: set[str]) -> None:
-    """Write trials.parquet and history.parquet from Ray Tune's experiment state."""
+                 config_cls: type, secret_names: set[str]) -> pd.DataFrame | None:
+    """Write trials.parquet and history.parquet from Ray Tune's experiment state; return the trials."""
     from dataclasses import fields
 
     from ray.tune import ExperimentAnalysis
@@ -260,7 +284,7 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
         analysis = ExperimentAnalysis(experiment_path)
     except Exception as error:  # nothing ran yet: no state to export
         print(f"[noisy-transfer] nothing to export yet ({error})")
-        return
+        return None
     runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                               max_results=50_000)
     run_ids = {run.data.tags.get("trial_id", ""): run.info.run_id for run in runs}
@@ -272,6 +296,7 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
     write_parquet(history, spec.study_dir / "history.parquet")
     print(f"[noisy-transfer] wrote {spec.study_dir / 'trials.parquet'} ({len(trials)} trials) and "
           f"{spec.study_dir / 'history.parquet'} ({len(history)} rows)")
+    return trials
 
 
 def print_summary(study_dir: Path) -> None:
