@@ -291,7 +291,9 @@ def objective(evals: list[dict[str, float]], last_k: int) -> float:
 
 def _make_phase(name: str, cfg: PretrainFinetuneConfig, num_classes: int, lr: float, epochs: int,
                 device: torch.device, backbone_weights: str | None = None) -> _Phase:
-    model = build_model(cfg.model, num_classes, **_model_kwargs(cfg), **(
+    # Initial weights from the trial's seed (nn.init draws from this generator, not torch's global one).
+    generator = torch.Generator().manual_seed(stream_seed(cfg.seed, f"{name}-weights"))
+    model = build_model(cfg.model, num_classes, generator=generator, **_model_kwargs(cfg), **(
         {"backbone_weights": backbone_weights} if backbone_weights else {}))
     model = model.to(device)
     if device.type == "cuda":

@@ -1,0 +1,225 @@
+"""The positive-unlabelled classification trainable (thesis 5.2: Table 2, Figure 5, Figure 4).
+
+Train a classifier from scratch on a training split whose observed labels are PU (``setup="pu"``: a
+``labelled_fraction`` of the positives keeps its class, the rest is labelled 0 with the negatives) or
+a clean subset (``setup="pn"``: that fraction of the positives and of the negatives, true labels), and
+score it on the test split with true labels. Data: the synthetic classification view (classes 1-10
+positive), CIFAR-10 positives against CIFAR-100 negatives, or the 2-D moons. Models: the 8-layer CNN
+of thesis Table 4 for images, the 2-layer MLP of Figure 4 for the moons. The loss is ``warmup_epochs``
+of class-weighted cross-entropy (weights from the observed label frequencies), then ``loss``.
+
+Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.report`), exactly the keys
+of ``REPORT_KEYS``:
+
+=========================  ======================================================================
+``phase``                  always ``"train"``
+``train/epoch``            1-based epoch; the schedulers' time attribute
+``epoch_total``            the same number (the MLflow step, as in the pretrain-finetune trainable)
+``train/loss``             mean training loss of the epoch (of the loss in use that epoch)
+``test/acc``               overall test accuracy with true labels
+``test/mean_precision``    test precision, recall and F1 averaged over the classes (negative
+``test/mean_recall``       included; a class never predicted has no precision and is left out of
+``test/mean_f1``           that mean, see :mod:`trainables.metrics`)
+``objective``              the mean of the last ``objective_last_k`` test mean F1s
+=========================  ======================================================================
+
+Every report carries a checkpoint (model, optimizer, epoch, torch RNG state, config, the reports so
+far); the final one adds ``confusion`` and, on the moons, ``boundary`` (the classifier's P(positive) on a
+grid, for thesis Figure 4). Batch order and augmentation are drawn per ``(seed, epoch)``, so a resumed
+run ends with the metrics of an uninterrupted one on CPU.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+import numpy as np
+import torch
+
+from trainables.config import PUClassificationConfig, parse_data
+from trainables.data.base import ClassificationData
+from trainables.data.loading import ClassificationDataset, class_counts, make_loader
+from trainables.data.moons import grid, make_moons
+from trainables.engine import evaluate_classification, train_one_epoch
+from trainables.losses import frequency_class_weights, make_loss
+from trainables.models import SplitModel, build_model
+from trainables.runtime import (Reporter, checkpoint_state_from_tune, select_device, set_threads, stream_seed,
+                               tune_reporter)
+
+TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
+REPORT_KEYS = ("phase", "train/epoch", "epoch_total", "train/loss", *(f"test/{name}" for name in TEST_SCORES),
+               "objective")
+BOUNDARY_RESOLUTION = 200  # grid points per axis of the Figure 4 probability map
+BOUNDARY_MARGIN = 0.5  # data units added around the training points (the moons have radius 1)
+
+
+def pu_classification(config: dict[str, Any]) -> None:
+    """Ray Tune function trainable: validate ``config``, resume from Tune's checkpoint if any, run."""
+    cfg = PUClassificationConfig.from_dict(config)
+    set_threads(cfg.num_threads)
+    run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
+
+
+def run(
+    cfg: PUClassificationConfig,
+    report: Reporter,
+    state: dict[str, Any] | None = None,
+    device: str | torch.device = "cpu",
+) -> dict[str, Any]:
+    """Run (or resume from ``state``) one PU classification trial; return its last report.
+
+    ``report(metrics, checkpoint_state)`` is called once per epoch. ``state`` is a checkpoint state
+    produced by an earlier call of this function for the same config. Raises ValueError when ``state``
+    comes from another config or the training split is empty.
+    """
+    device = torch.device(device)
+    if state is not None and state.get("config") != cfg.to_dict():
+        raise ValueError("checkpoint was written by a different config; refusing to resume from it")
+    train_data, test_data = load_pu_data(cfg, "train"), load_pu_data(cfg, "test")
+    if len(train_data) == 0:
+        raise ValueError(
+            f"the training split of data={cfg.data!r} with setup={cfg.setup!r} and "
+            f"labelled_fraction={cfg.labelled_fraction} is empty; raise labelled_fraction or the data size"
+        )
+    train_set, test_set = ClassificationDataset(train_data), ClassificationDataset(test_data)
+    num_classes = train_data.num_classes
+    images = train_set.inputs.ndim == 4
+
+    # torch's default generator drives dropout; it is seeded here and every checkpoint holds its state,
+    # so a resumed run continues the same stream. The initial weights come from their own stream.
+    torch.manual_seed(stream_seed(cfg.seed, "train"))
+    init = torch.Generator().manual_seed(stream_seed(cfg.seed, "init"))
+    model = build_model("cifar_cnn" if images else "moons_mlp", num_classes, generator=init).to(device)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    history: list[dict[str, Any]] = []
+    if state is not None:
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        torch.set_rng_state(state["rng"])
+        history = list(state["history"])
+
+    # Thesis 4, implementation details: warm up with class-weighted CE (weights from the *observed*
+    # label frequencies, which the U set skews towards class 0), then switch to the configured loss.
+    # nnPU balances through its prior instead.
+    weights = frequency_class_weights(class_counts(train_data.labels, num_classes)).to(device)
+    warmup_loss = make_loss("ce", class_weights=weights)
+    main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
+    main_loss = make_loss(cfg.loss, class_weights=main_weights, **_loss_params(cfg))
+    train = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
+                        seed=stream_seed(cfg.seed, "batches"), device=device)
+    test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
+    # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
+    autocast = torch.bfloat16 if device.type == "cuda" and images else None
+
+    for epoch in range(len(history) + 1, cfg.epochs + 1):
+        train.set_epoch(epoch)
+        loss_fn = warmup_loss if epoch <= cfg.warmup_epochs else main_loss
+        stats = train_one_epoch(model, train, loss_fn, optimizer, device=device, autocast_dtype=autocast)
+        scores = evaluate_classification(model, test, num_classes, device=device)
+        metrics = {
+            "phase": "train",
+            "train/epoch": epoch,
+            "epoch_total": epoch,
+            "train/loss": stats["train_loss"],
+            **{f"test/{name}": float(scores[name]) for name in TEST_SCORES},
+        }
+        history.append(metrics)
+        metrics["objective"] = objective(history, cfg.objective_last_k)
+        # Copies, not views of the live model: a reporter may keep the state while training goes on.
+        checkpoint = {
+            "phase": "train",
+            "epoch": epoch,
+            "model": {key: value.detach().clone() for key, value in model.state_dict().items()},
+            "optimizer": copy.deepcopy(optimizer.state_dict()),
+            "rng": torch.get_rng_state(),
+            "config": cfg.to_dict(),
+            "history": [dict(entry) for entry in history],
+        }
+        if epoch == cfg.epochs:  # what the driver turns into MLflow artifacts
+            checkpoint["confusion"] = torch.as_tensor(scores["confusion"])
+            if not images:
+                checkpoint["boundary"] = decision_boundary(model, train_data, device=device)
+        report(dict(history[-1]), checkpoint)
+    return dict(history[-1])
+
+
+def objective(history: list[dict[str, Any]], last_k: int) -> float:
+    """The mean of the last ``last_k`` test mean F1s of ``history`` (NaN when it is empty)."""
+    values = [entry["test/mean_f1"] for entry in history[-last_k:]]
+    return float(np.mean(values)) if values else math.nan
+
+
+def load_pu_data(cfg: PUClassificationConfig, split: str) -> ClassificationData:
+    """The ``split`` of the configured data: observed PU or PN labels on train, true labels on test."""
+    kind, root = parse_data(cfg.data)
+    pn = cfg.setup == "pn"
+    if kind == "synthetic":
+        from trainables.data.synthetic import SyntheticConfig, load_synthetic_classification
+
+        synthetic = SyntheticConfig(image_size=32)
+        if cfg.images_per_class:  # keep val/test no larger than train in small (smoke) configurations
+            synthetic = SyntheticConfig(
+                image_size=32, images_per_class=cfg.images_per_class,
+                val_per_class=min(synthetic.val_per_class, cfg.images_per_class),
+                test_per_class=min(synthetic.test_per_class, cfg.images_per_class),
+            )
+        return load_synthetic_classification(split, cfg.labelled_fraction, cfg.seed, config=synthetic,
+                                             cache_dir=cfg.data_cache or None, pn=pn)
+    if kind == "cifar":
+        from trainables.data.cifar import load_cifar_pu
+
+        return load_cifar_pu(root, split, cfg.labelled_fraction, cfg.seed, pn=pn,
+                             max_per_source=cfg.max_per_source or None)
+    if not (pn and split == "train"):
+        return make_moons(n_per_class=cfg.points_per_class, labelled_fraction=cfg.labelled_fraction,
+                          seed=cfg.seed, split=split)
+    full = make_moons(n_per_class=cfg.points_per_class, labelled_fraction=1.0, seed=cfg.seed, split=split)
+    return keep_fraction_per_class(full, cfg.labelled_fraction, np.random.default_rng(stream_seed(cfg.seed, "pn")))
+
+
+def keep_fraction_per_class(
+    data: ClassificationData, fraction: float, rng: np.random.Generator
+) -> ClassificationData:
+    """The P+N subset: ``round(fraction * n_c)`` (halves up) of the ``n_c`` samples of each true class
+    ``c``, drawn without replacement from ``rng``, with true labels, in their original order."""
+    if not 0.0 <= fraction <= 1.0:
+        raise ValueError(f"fraction must be a number in [0, 1], got {fraction!r}")
+    # One random key per sample; a sample is kept when its rank among its class's keys is below the quota.
+    keys = rng.random(len(data))
+    order = np.lexsort((keys, data.true_labels))
+    classes, starts, counts = np.unique(data.true_labels[order], return_index=True, return_counts=True)
+    rank = np.arange(len(data)) - np.repeat(starts, counts)
+    quota = np.floor(fraction * counts + 0.5).astype(np.int64)
+    keep = np.sort(order[rank < np.repeat(quota, counts)])
+    return ClassificationData(data.inputs[keep], data.true_labels[keep].copy(), data.true_labels[keep],
+                              data.class_names)
+
+
+def decision_boundary(
+    model: SplitModel, data: ClassificationData, *, device: str | torch.device
+) -> dict[str, torch.Tensor]:
+    """The classifier's P(positive) = 1 - P(class 0) on a grid over the 2-D points of ``data``, widened by
+    ``BOUNDARY_MARGIN``, for thesis Figure 4.
+
+    Returns float32 ``xx``, ``yy`` and ``prob`` ``(R, R)`` (R = ``BOUNDARY_RESOLUTION``; rows follow y),
+    ``points`` ``(N, 2)`` and int64 ``labels`` (observed) and ``true_labels`` ``(N,)``, all on the CPU.
+    """
+    low, high = data.inputs.min(axis=0) - BOUNDARY_MARGIN, data.inputs.max(axis=0) + BOUNDARY_MARGIN
+    xx, yy, points = grid((float(low[0]), float(high[0]), float(low[1]), float(high[1])), BOUNDARY_RESOLUTION)
+    model.eval()
+    with torch.inference_mode():
+        probabilities = torch.softmax(model(torch.from_numpy(points).to(device)).float(), dim=1)
+    return {
+        "xx": torch.from_numpy(xx.astype(np.float32)),
+        "yy": torch.from_numpy(yy.astype(np.float32)),
+        "prob": (1.0 - probabilities[:, 0]).reshape(xx.shape).cpu(),
+        "points": torch.from_numpy(data.inputs.copy()),
+        "labels": torch.from_numpy(data.labels.copy()),
+        "true_labels": torch.from_numpy(data.true_labels.copy()),
+    }
+
+
+def _loss_params(cfg: PUClassificationConfig) -> dict[str, float]:
+    return {name: getattr(cfg, name) for name in ("q", "beta", "gamma", "prior") if getattr(cfg, name) is not None}
