@@ -17,6 +17,8 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
+from trainables.data.synthetic import RECOMMENDED_FINETUNE_PER_CLASS, SyntheticConfig
+
 # Loss name -> the one parameter it takes (None: no parameter). Mirrors trainables.losses.LOSS_PARAMS;
 # kept here as data so validating a config never imports torch.
 LOSS_PARAMETER = {
@@ -219,6 +221,8 @@ class PretrainFinetuneConfig:
         kind, _ = parse_data(self.data)
         if kind not in ("synthetic", "voc"):
             raise ValueError(f"{cls}: data must be 'synthetic' or 'voc:PATH' for segmentation, got {self.data!r}")
+        if kind == "synthetic":
+            self._check_synthetic_sizes()
         _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
         if self.label_transform == "random_groups" and not 1 <= self.num_groups <= 15:
             raise ValueError(
@@ -247,6 +251,23 @@ class PretrainFinetuneConfig:
         if self.warmup_epochs > self.epochs_pretrain:
             raise ValueError(
                 f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs_pretrain={self.epochs_pretrain}"
+            )
+
+    def _check_synthetic_sizes(self) -> None:
+        """The synthetic benchmark's own limits, checked here so a bad size fails before any trial."""
+        cls = type(self).__name__
+        overrides = {"image_size": self.image_size, "images_per_class": self.images_per_class}
+        try:
+            synthetic = SyntheticConfig(**{k: v for k, v in overrides.items() if v})
+        except ValueError as error:
+            raise ValueError(f"{cls}: {error} (synthetic data; 0 means the benchmark's default)") from None
+        # Fine-tuning images are drawn per class from the training split (0: the recommended cap).
+        cap = self.finetune_train_per_class or RECOMMENDED_FINETUNE_PER_CLASS
+        if cap > synthetic.images_per_class:
+            raise ValueError(
+                f"{cls}: finetune_train_per_class={cap} exceeds images_per_class="
+                f"{synthetic.images_per_class}, the training images it is drawn from (0 means "
+                f"{RECOMMENDED_FINETUNE_PER_CLASS} and the benchmark's default respectively)"
             )
 
     @classmethod

@@ -1,0 +1,59 @@
+"""Shared fixtures: a tiny pretrain-then-finetune config whose synthetic data is generated once per
+session, and a local Ray instance for the tests that go through Ray Tune."""
+
+from __future__ import annotations
+
+import os
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+import pytest
+
+from trainables.config import PretrainFinetuneConfig
+
+REPO_ROOT = Path(__file__).resolve().parent.parent
+
+# 32x32 images, 3 per class and split: a whole trial takes about a second per epoch on one core.
+TINY = {
+    "image_size": 32,
+    "images_per_class": 3,
+    "finetune_train_per_class": 2,
+    "width": 8,
+    "batch_size": 16,
+    "epochs_pretrain": 1,
+    "epochs_finetune": 1,
+}
+
+
+@pytest.fixture(scope="session")
+def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """One synthetic-data cache folder for the session, so each tiny split is drawn once."""
+    return tmp_path_factory.mktemp("data-cache")
+
+
+@pytest.fixture(scope="session")
+def tiny_cfg(data_cache: Path) -> Callable[..., PretrainFinetuneConfig]:
+    """``tiny_cfg(**overrides)``: a valid tiny PretrainFinetuneConfig (``TINY`` plus the session's
+    data cache), with ``overrides`` applied."""
+
+    def make(**overrides) -> PretrainFinetuneConfig:
+        return PretrainFinetuneConfig(**{**TINY, "data_cache": str(data_cache), **overrides})
+
+    return make
+
+
+@pytest.fixture(scope="session")
+def ray_local() -> Iterator[None]:
+    """A local Ray with 2 CPUs for the session, shut down even when a test fails.
+
+    Workers get the repository on PYTHONPATH: the package need not be installed for them to import
+    ``trainables``.
+    """
+    import ray
+
+    pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    try:
+        yield
+    finally:
+        ray.shutdown()
