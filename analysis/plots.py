@@ -1,0 +1,253 @@
+"""The thesis's figures (2-5), learning curves and the search's curves, as matplotlib Figures.
+
+Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot, so no global figure
+registry and no backend switch: PNGs are written by the Agg canvas). Every function returns the Figure
+and, given ``path``, also writes it there as a PNG of exactly ``figsize * DPI`` pixels.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from matplotlib.figure import Figure
+
+from analysis.load import Study
+from analysis.stats import SEARCH_NOISE_PARAMS, search_summary
+from analysis.tables import (
+    FIGURE3_METRICS,
+    PU_LOSS_NAMES,
+    figure3_frame,
+    figure5_frame,
+    finished_trials,
+    learning_curves_frame,
+)
+
+DPI = 100
+POSITIVE_COLOUR, NEGATIVE_COLOUR = "tab:red", "tab:blue"
+FIGURE2_LOSSES = ("ce", "weighted_neg", "sigmoidal_neg")
+FIGURE2_LABELS = {"ce": "logistic (negative)", "weighted_neg": "weighted negative (q={q})",
+                  "sigmoidal_neg": "sigmoidal negative", "positive": "logistic (positive)"}
+CURVE_METRICS = {"pretrain_finetune": ("pretrain/val_mean_iu", "finetune/test_mean_iu"),
+                 "pu_classification": ("test/mean_f1",)}
+
+
+def _legend(ax, **kwargs) -> None:
+    """A legend only when something is labelled (an empty study draws empty axes, silently)."""
+    if ax.get_legend_handles_labels()[0]:
+        ax.legend(**kwargs)
+
+
+def _save(fig: Figure, path: str | Path | None) -> Figure:
+    if path is not None:
+        Path(path).parent.mkdir(parents=True, exist_ok=True)
+        fig.savefig(path, dpi=DPI, format="png")
+    return fig
+
+
+# --- Figure 2 -------------------------------------------------------------------------------------
+
+
+def _closed_forms(z: np.ndarray, q: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """Element losses and d/dz of the two-class losses at logit ``z = z_1 - z_0``."""
+    p1 = 1.0 / (1.0 + np.exp(-z))  # p(y = positive)
+    softplus = np.logaddexp(0.0, z)  # -log p_0
+    return {
+        "ce": (softplus, p1),
+        "weighted_neg": (q * softplus, q * p1),
+        "sigmoidal_neg": (p1, p1 * (1.0 - p1)),
+        "positive": (np.logaddexp(0.0, -z), p1 - 1.0),
+    }
+
+
+def _autograd_forms(z: np.ndarray, q: float) -> dict[str, tuple[np.ndarray, np.ndarray]]:
+    """The same through trainables.losses and torch autograd: logits ``(M, 2) = [0, z]``."""
+    import torch
+
+    from trainables.losses import make_loss
+
+    forms = {}
+    for name in (*FIGURE2_LOSSES, "positive"):
+        logit = torch.tensor(z, dtype=torch.float64, requires_grad=True)
+        logits = torch.stack([torch.zeros_like(logit), logit], dim=1)
+        params = {"q": q} if name == "weighted_neg" else {}
+        loss = make_loss("ce" if name == "positive" else name, **params)
+        target = torch.full((len(z),), 1 if name == "positive" else 0, dtype=torch.long)
+        element = loss.element_loss(torch.log_softmax(logits, dim=1), target)
+        (grad,) = torch.autograd.grad(element.sum(), logit)  # element i depends on z_i only
+        forms[name] = (element.detach().numpy(), grad.numpy())
+    return forms
+
+
+def figure2_frame(z: Sequence[float] | np.ndarray | None = None, q: float = 0.5,
+                  use_autograd: bool | None = None) -> pd.DataFrame:
+    """Thesis Figure 2's curves: element loss and its derivative w.r.t. the logit ``z = z_1 - z_0`` of
+    the negative-label losses (logistic, weighted negative with ``q``, sigmoidal negative) and of the
+    logistic loss of a positive label, two-class case.
+
+    ``use_autograd``: differentiate trainables.losses with torch (default when importable) or use the
+    closed forms. Columns: loss, z, value, derivative (one row per loss and z).
+    """
+    if not 0 < q <= 1:
+        raise ValueError(f"q must be in (0, 1], got {q!r}")
+    z = np.linspace(-6.0, 6.0, 241) if z is None else np.asarray(z, dtype=np.float64)
+    if use_autograd is None:
+        try:
+            import trainables.losses  # noqa: F401  (imports torch)
+
+            use_autograd = True
+        except ImportError:
+            use_autograd = False
+    forms = _autograd_forms(z, q) if use_autograd else _closed_forms(z, q)
+    return pd.concat([pd.DataFrame({"loss": name, "z": z, "value": value, "derivative": derivative})
+                      for name, (value, derivative) in forms.items()], ignore_index=True)
+
+
+def figure2(path: str | Path | None = None, q: float = 0.5, figsize: tuple[float, float] = (10, 4)) -> Figure:
+    """Thesis Figure 2: losses (left) and their derivatives (right) against the logit z."""
+    frame = figure2_frame(q=q)
+    fig = Figure(figsize=figsize)
+    loss_ax, grad_ax = fig.subplots(1, 2)
+    for name, curve in frame.groupby("loss", sort=False):
+        label = FIGURE2_LABELS[name].format(q=q)
+        style = "--" if name == "positive" else "-"
+        loss_ax.plot(curve["z"], curve["value"], style, label=label)
+        grad_ax.plot(curve["z"], curve["derivative"], style, label=label)
+    loss_ax.set(xlabel="logit z = z1 - z0", ylabel="loss", title="Element losses")
+    grad_ax.set(xlabel="logit z = z1 - z0", ylabel="d loss / dz", title="Derivatives")
+    grad_ax.axhline(0.0, color="grey", linewidth=0.5)
+    _legend(loss_ax, fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- Figure 3 -------------------------------------------------------------------------------------
+
+
+def figure3(study: Study, path: str | Path | None = None, metrics: Sequence[str] = FIGURE3_METRICS,
+            figsize: tuple[float, float] = (10, 4)) -> Figure:
+    """Thesis Figure 3: fine-tuning score against the number of pre-training categories; meaningful
+    categorisations as a line with error bars, random categorisations (RC) as isolated error bars."""
+    frame = figure3_frame(study, metrics)
+    metrics = [m for m in metrics if frame.loc[frame["metric"] == m, "n_values"].sum() > 0] or list(metrics[:1])
+    fig = Figure(figsize=figsize)
+    axes = np.atleast_1d(fig.subplots(1, len(metrics)))
+    for ax, metric in zip(axes, metrics):
+        points = frame[(frame["metric"] == metric) & (frame["n_values"] > 0)]
+        line = points[points["kind"] == "meaningful"].sort_values("n_categories")
+        ax.errorbar(line["n_categories"], line["mean"], yerr=line["std"].fillna(0.0), marker="o", capsize=4,
+                    label="meaningful")
+        isolated = points[points["kind"] == "random"]
+        ax.errorbar(isolated["n_categories"], isolated["mean"], yerr=isolated["std"].fillna(0.0), fmt="s",
+                    capsize=4, color="tab:orange", label="random categorisation (RC)")
+        ax.set(xlabel="number of pre-training categories", ylabel=metric.split("/")[-1].replace("test_", ""),
+               xticks=[0, 1, 4, 7, 11, 15], title=metric)
+        _legend(ax, fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- Figure 4 -------------------------------------------------------------------------------------
+
+
+def boundary_paths(study: Study) -> dict[str, Path]:
+    """condition -> artifacts/<trial_id>/boundary.npz of its first finished trial (lowest seed) that
+    has one."""
+    if study.folder is None:
+        return {}
+    found = {}
+    for _, trial in finished_trials(study).sort_values("seed", kind="stable").iterrows():
+        path = Path(study.folder) / "artifacts" / str(trial["trial_id"]) / "boundary.npz"
+        if trial["condition"] not in found and path.is_file():
+            found[trial["condition"]] = path
+    return found
+
+
+def figure4(study: Study, path: str | Path | None = None, panel_size: float = 3.5) -> Figure:
+    """Thesis Figure 4: the moons classifier's P(positive) (red high, blue low, white at the decision
+    boundary) per condition (loss), with the training points: red circles labelled positive, blue
+    squares labelled negative (hollow where the true label is positive). One panel per condition with
+    a boundary.npz."""
+    paths = boundary_paths(study)
+    if not paths:
+        raise ValueError(f"no finished trial of study {study.name!r} has artifacts/<trial_id>/boundary.npz")
+    fig = Figure(figsize=(panel_size * len(paths), panel_size))
+    axes = np.atleast_1d(fig.subplots(1, len(paths)))
+    for ax, (condition, npz) in zip(axes, paths.items()):
+        with np.load(npz) as arrays:
+            ax.pcolormesh(arrays["xx"], arrays["yy"], arrays["prob"], cmap="bwr", vmin=0.0, vmax=1.0,
+                          shading="auto")
+            points, labels, true_labels = arrays["points"], arrays["labels"], arrays["true_labels"]
+        positive = labels > 0
+        ax.scatter(*points[positive].T, marker="o", s=12, color=POSITIVE_COLOUR, edgecolors="k", linewidths=0.3)
+        hidden = ~positive & (true_labels > 0)
+        ax.scatter(*points[~positive & ~hidden].T, marker="s", s=12, color=NEGATIVE_COLOUR, edgecolors="k",
+                   linewidths=0.3)
+        ax.scatter(*points[hidden].T, marker="s", s=12, facecolors="none", edgecolors=NEGATIVE_COLOUR,
+                   linewidths=0.8)
+        ax.set(title=str(condition), xticks=[], yticks=[])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- Figure 5 -------------------------------------------------------------------------------------
+
+
+def figure5(study: Study, path: str | Path | None = None, figsize: tuple[float, float] = (6, 4)) -> Figure:
+    """Thesis Figure 5: mean F1 against the labelled fraction, per loss; PU solid, PN dashed."""
+    frame = figure5_frame(study)
+    fig = Figure(figsize=figsize)
+    ax = fig.subplots()
+    colours = {loss: f"C{i}" for i, loss in enumerate(pd.unique(frame["loss"]))}
+    for (setup, loss), curve in frame.groupby(["setup", "loss"], sort=False):
+        ax.errorbar(100 * curve["labelled_fraction"], curve["mean_f1"], yerr=curve["mean_f1_std"].fillna(0.0),
+                    linestyle="-" if setup == "pu" else "--", marker="o", capsize=3, color=colours[loss],
+                    label=f"{PU_LOSS_NAMES.get(loss, loss)} ({'P+U' if setup == 'pu' else 'P+N'})")
+    ax.set(xlabel="labelled positives (%)", ylabel="mean F1", title="F1 against labelled fraction")
+    _legend(ax, fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- learning curves and search curves ------------------------------------------------------------
+
+
+def learning_curves(study: Study, path: str | Path | None = None, metrics: Sequence[str] | None = None,
+                    panel_size: tuple[float, float] = (5, 4)) -> Figure:
+    """Mean (line) ± std (band) of each metric per condition against ``epoch_total``; one panel per
+    metric (default: validation/test mean IU for pretrain-finetune, test mean F1 for PU)."""
+    metrics = list(metrics or CURVE_METRICS.get(study.trainable, ()))
+    metrics = [m for m in metrics if m in study.history.columns] or metrics[:1]
+    fig = Figure(figsize=(panel_size[0] * max(len(metrics), 1), panel_size[1]))
+    axes = np.atleast_1d(fig.subplots(1, max(len(metrics), 1)))
+    for ax, metric in zip(axes, metrics):
+        frame = learning_curves_frame(study, metric)
+        for i, (condition, curve) in enumerate(frame.groupby("condition", sort=False)):
+            # Phases are drawn apart so no line joins the last pre-training and first fine-tuning epoch.
+            for j, (_, part) in enumerate(curve.groupby("phase", sort=False)):
+                ax.plot(part["epoch_total"], part["mean"], color=f"C{i % 10}", label=None if j else condition)
+                band = part["std"].fillna(0.0)
+                ax.fill_between(part["epoch_total"], part["mean"] - band, part["mean"] + band,
+                                color=f"C{i % 10}", alpha=0.2)
+        ax.set(xlabel="epoch (pre-training + fine-tuning)", ylabel=metric, title=metric)
+        _legend(ax, fontsize="x-small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+def search_curves(study: Study, path: str | Path | None = None, panel_size: tuple[float, float] = (5, 4)) -> Figure:
+    """The search's objective against each (binned) noise rate, one line per loss, std as error bars."""
+    by_noise = search_summary(study).by_noise
+    noises = [n for n in SEARCH_NOISE_PARAMS if n in set(by_noise["noise"])] or list(SEARCH_NOISE_PARAMS[:1])
+    fig = Figure(figsize=(panel_size[0] * len(noises), panel_size[1]))
+    axes = np.atleast_1d(fig.subplots(1, len(noises)))
+    for ax, noise in zip(axes, noises):
+        for loss, curve in by_noise[by_noise["noise"] == noise].groupby("loss", sort=True):
+            ax.errorbar(curve["rate"], curve["mean"], yerr=curve["std"].fillna(0.0), marker="o", capsize=3,
+                        label=str(loss))
+        ax.set(xlabel=f"{noise} (bin centre)", ylabel="objective", xlim=(-0.05, 1.05), title=noise)
+        _legend(ax, fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)

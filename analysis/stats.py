@@ -1,0 +1,161 @@
+"""Beyond the thesis: paired differences with confidence intervals, and the search preset's summary.
+
+The study draws label noise from ``(seed, noise config)``, so two conditions with the same (fold, seed)
+see the same images and the same corrupted objects: the difference of their scores is a paired
+sample, and its confidence interval is far tighter than comparing two unpaired means.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+from scipy import stats as scipy_stats
+
+from analysis.load import Study
+from analysis.tables import MIN_SEEDS, STD_DDOF, TABLE1_METRIC, finetune_tail, finished_trials, trial_last_values
+
+# Condition -> the condition it is compared with (schema.md, Table 1).
+REFERENCES: dict[str, str] = {
+    **dict.fromkeys(("HalfUnsegmented", "SigmoidalLoss", "AllRandomLabels", "HalfRandomLabels",
+                     "BinarizedLabels", "RandomWeights", "ImageNetModel"), "CompleteLabels"),
+    "FalseSegmentedHalf": "NoFalseSegmented",
+}
+CONFIDENCE = 0.95
+SEARCH_NOISE_PARAMS = ("noise_unsegment", "noise_misclassify")
+SEARCH_NUISANCE_PARAMS = ("q", "beta", "gamma", "prior", "warmup_epochs", "lr_pretrain")
+SEARCH_BINS = 5
+
+
+def trial_scores(study: Study, metric: str = TABLE1_METRIC) -> pd.DataFrame:
+    """Each finished trial's score: the mean of ``metric`` over its last 5 fine-tuning epochs (the
+    objective; the same values Table 1 pools). Columns: trial_id, condition, fold, seed, score."""
+    tail = finetune_tail(study, metric)
+    keys = [column for column in ("condition", "fold", "seed") if column in tail.columns]
+    return tail.groupby(["trial_id", *keys], as_index=False)["value"].mean().rename(columns={"value": "score"})
+
+
+def mean_ci(differences: np.ndarray, confidence: float = CONFIDENCE) -> tuple[float, float, float]:
+    """(mean, low, high) of a Student-t confidence interval of the mean; NaN bounds with n < 2."""
+    differences = np.asarray(differences, dtype=float)
+    n = len(differences)
+    if n == 0:
+        return math.nan, math.nan, math.nan
+    mean = float(differences.mean())
+    if n < 2:
+        return mean, math.nan, math.nan
+    half = scipy_stats.t.ppf(0.5 + confidence / 2, n - 1) * differences.std(ddof=1) / math.sqrt(n)
+    return mean, mean - half, mean + half
+
+
+def paired_differences(study: Study, references: Mapping[str, str] = REFERENCES,
+                       metric: str = TABLE1_METRIC, confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """For every condition with a reference condition in the study: score(condition) -
+    score(reference) over the (fold, seed) pairs both finished, with the mean difference and its
+    Student-t confidence interval.
+
+    Columns: condition, reference, mean_difference, ci_low, ci_high, n_pairs, too_few (fewer than 2
+    pairs: the interval is NaN then).
+    """
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    scores = trial_scores(study, metric)
+    pair_keys = [key for key in ("fold", "seed") if key in scores.columns]
+    conditions = [c for c in pd.unique(study.trials["condition"]) if c in references]
+    present = set(study.trials["condition"])
+    rows = []
+    for condition in conditions:
+        reference = references[condition]
+        if reference not in present:
+            continue
+        pairs = scores[scores["condition"] == condition].merge(
+            scores[scores["condition"] == reference], on=pair_keys, suffixes=("", "_reference"))
+        mean, low, high = mean_ci((pairs["score"] - pairs["score_reference"]).to_numpy(), confidence)
+        rows.append({"condition": condition, "reference": reference, "mean_difference": mean,
+                     "ci_low": low, "ci_high": high, "n_pairs": len(pairs), "too_few": len(pairs) < MIN_SEEDS})
+    columns = ["condition", "reference", "mean_difference", "ci_low", "ci_high", "n_pairs", "too_few"]
+    return pd.DataFrame(rows, columns=columns).astype({"n_pairs": int, "too_few": bool})
+
+
+@dataclass(frozen=True, eq=False)
+class SearchSummary:
+    """The search preset's results.
+
+    by_noise: objective per noise parameter, binned rate and loss (columns noise, bin, rate (bin
+    centre), loss, mean, std, n_trials, too_few); bins are [low, high) and the last
+    one includes 1. best: the best finished trial per noise parameter
+    and bin, with its loss and nuisance settings. importances: Optuna's parameter importances (param,
+    importance), empty when unavailable. notes: why something is missing.
+    """
+
+    by_noise: pd.DataFrame
+    best: pd.DataFrame
+    importances: pd.DataFrame
+    notes: tuple[str, ...] = field(default=())
+
+
+def search_summary(study: Study, bins: int = SEARCH_BINS) -> SearchSummary:
+    """Summarise a search study: objective against each noise rate per loss (``bins`` equal bins of
+    [0, 1]), the best settings per noise level, and parameter importances from ``optuna.db``."""
+    if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
+        raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
+    trials = finished_trials(study)
+    # The reported objective, else the same last-5 mean recomputed from the history.
+    objective = trial_last_values(study, ["objective"])["objective"].fillna(
+        trial_scores(study).set_index("trial_id")["score"])
+    trials = trials.assign(objective=trials["trial_id"].map(objective)).dropna(subset=["objective"])
+    edges = np.linspace(0.0, 1.0, bins + 1)
+    centres = np.round((edges[:-1] + edges[1:]) / 2, 10)  # 0.1, not 0.1000000001, as a table key
+    labels = [f"[{low:.2f}, {high:.2f}{']' if high == 1.0 else ')'}" for low, high in zip(edges[:-1], edges[1:])]
+    by_noise, best = [], []
+    for noise in (p for p in SEARCH_NOISE_PARAMS if p in trials.columns):
+        index = np.clip(np.searchsorted(edges, trials[noise].to_numpy(dtype=float), side="right") - 1, 0, bins - 1)
+        binned = trials.assign(noise=noise, bin=np.asarray(labels)[index], rate=centres[index])
+        grouped = binned.groupby(["noise", "bin", "rate", "loss"])["objective"]
+        frame = grouped.agg(mean="mean", std=lambda v: v.std(ddof=STD_DDOF), n_trials="count").reset_index()
+        by_noise.append(frame.assign(too_few=frame["n_trials"] < MIN_SEEDS))
+        winners = binned.loc[binned.groupby("bin")["objective"].idxmax()]
+        settings = [c for c in (*SEARCH_NOISE_PARAMS, "loss", *SEARCH_NUISANCE_PARAMS) if c in winners.columns]
+        best.append(winners[["noise", "bin", "rate", "trial_id", "objective", *settings]])
+    notes = [] if len(trials) and by_noise else [
+        f"no finished trials with an objective and a noise rate ({', '.join(SEARCH_NOISE_PARAMS)})"]
+    importances, importance_note = optuna_importances(study)
+    by_noise_columns = ["noise", "bin", "rate", "loss", "mean", "std", "n_trials", "too_few"]
+    return SearchSummary(
+        by_noise=(pd.concat(by_noise, ignore_index=True) if by_noise else pd.DataFrame(columns=by_noise_columns))
+        .sort_values(["noise", "rate", "loss"], kind="stable").reset_index(drop=True),
+        best=pd.concat(best, ignore_index=True).sort_values(["noise", "rate"]).reset_index(drop=True) if best
+        else pd.DataFrame(columns=["noise", "bin", "rate", "trial_id", "objective"]),
+        importances=importances,
+        notes=tuple(notes + ([importance_note] if importance_note else [])),
+    )
+
+
+def optuna_importances(study: Study) -> tuple[pd.DataFrame, str]:
+    """(frame of param, importance; note) from the Optuna study in ``<folder>/optuna.db`` named like the
+    study. The frame is empty, and the note says why, without the database or with < 2 complete trials."""
+    empty = pd.DataFrame(columns=["param", "importance"])
+    path = Path(study.folder) / "optuna.db" if study.folder is not None else None
+    if path is None or not path.is_file():
+        return empty, "no optuna.db in the study folder: no parameter importances"
+    import optuna
+
+    optuna.logging.set_verbosity(optuna.logging.WARNING)
+    try:
+        optuna_study = optuna.load_study(study_name=study.name, storage=f"sqlite:///{path.resolve()}")
+    except KeyError:
+        return empty, f"optuna.db has no study named {study.name!r}: no parameter importances"
+    complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
+    if len(complete) < 2:
+        return empty, f"optuna.db has {len(complete)} complete trial(s), importances need >= 2"
+    evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
+    try:
+        importances = optuna.importance.get_param_importances(optuna_study, evaluator=evaluator)
+    except (ValueError, RuntimeError) as error:  # e.g. every trial has the same parameters
+        return empty, f"parameter importances unavailable: {error}"
+    frame = pd.DataFrame({"param": list(importances), "importance": list(importances.values())})
+    return frame, ""
