@@ -262,8 +262,11 @@ def run_study(spec: StudySpec) -> Path:
         finally:
             trials = export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls,
                                   secret_names)
-            # Ray Tune turns Ctrl-C into a graceful stop and returns: unfinished trials tell.
-            if status == "FINISHED" and trials is not None and trials["status"].isin(["PENDING", "RUNNING", "PAUSED"]).any():
+            # Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never
+            # started, or left unfinished, tell that the study is incomplete.
+            expected = tune_config.num_samples if preset.is_search else len(configs)
+            finished = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+            if status == "FINISHED" and finished < expected:
                 status = "KILLED"
             if status == "KILLED":
                 print(f"\n[noisy-transfer] interrupted: exported what finished; continue with --resume "

@@ -5,6 +5,11 @@ from __future__ import annotations
 
 import json
 import math
+import os
+import signal
+import subprocess
+import sys
+import time
 from dataclasses import fields
 from pathlib import Path
 
@@ -19,6 +24,7 @@ from study.run import main
 from study.spec import parse_spec
 
 pytestmark = pytest.mark.slow
+ROOT = Path(__file__).resolve().parents[1]
 
 
 def _run(tmp_path: Path, *args: str) -> Path:
@@ -84,18 +90,48 @@ def test_every_preset_runs_end_to_end_at_smoke_size(preset, tmp_path, ray_local)
         assert {"config.json", "confusion.json"} <= artifacts
 
 
-def test_resume_runs_only_unfinished_trials_and_keeps_every_trial_once(tmp_path, ray_local):
-    study_dir = _run(tmp_path, "--preset", "quick")
-    # Simulate a study stopped before its last trial ran: drop that trial from Ray's experiment state
-    # by resuming into a fresh name is not possible, so resume the finished study: nothing may rerun.
-    before = pd.read_parquet(study_dir / "trials.parquet")
-    assert main(["--smoke", "--output", str(tmp_path / "results"), "--preset", "quick", "--resume"]) == 0
+def test_a_study_stopped_with_ctrl_c_resumes_and_has_every_trial_exactly_once(tmp_path):
+    """Ctrl-C (SIGINT) after the first trial finishes; --resume runs the rest, reruns nothing."""
+    output = tmp_path / "results"
+    argv = [sys.executable, str(ROOT / "study" / "run.py"), "--preset", "table1", "--smoke",
+            "--max-concurrent", "1", "--output", str(output)]
+    env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, whatever else runs on this machine
+    driver = subprocess.Popen(argv, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True)
+    try:
+        deadline = time.monotonic() + 240
+        # a trial's last report (smoke: its only fine-tuning epoch) has reached Ray's result file
+        while not any('"finetune/epoch"' in p.read_text()
+                      for p in (output / "ray" / "table1-smoke").glob("*/result.json")):
+            assert driver.poll() is None, driver.stdout.read()
+            assert time.monotonic() < deadline, "no trial finished in time"
+            time.sleep(0.5)
+        driver.send_signal(signal.SIGINT)
+        log, _ = driver.communicate(timeout=180)
+    finally:
+        if driver.poll() is None:
+            driver.kill()
+    study_dir = output / "table1-smoke"
+    first = pd.read_parquet(study_dir / "trials.parquet")
+    done_first = set(first.loc[first["status"] == "TERMINATED", "trial_id"])
+    expected = len(PRESETS["table1"].trial_configs("synthetic", smoke=True))
+    assert 1 <= len(done_first) < expected, log[-3000:]
+    assert "continue with --resume" in log
+
+    resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=600)
+    assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]
     after = pd.read_parquet(study_dir / "trials.parquet")
-    assert sorted(after["trial_id"]) == sorted(before["trial_id"])
-    pd.testing.assert_series_equal(after.sort_values("trial_id")["objective"].reset_index(drop=True),
-                                   before.sort_values("trial_id")["objective"].reset_index(drop=True))
-    _, children, _ = _children(study_dir)
-    assert len(children) == len(before), "resuming created no second run for any trial"
+    history = pd.read_parquet(study_dir / "history.parquet")
+    assert after["trial_id"].is_unique and set(first["trial_id"]) <= set(after["trial_id"])
+    assert len(after) == expected
+    assert (after["status"] == "TERMINATED").all()
+    # finished trials were not run again: their objective and history are unchanged
+    kept = after.set_index("trial_id").loc[sorted(done_first), "objective"]
+    assert kept.tolist() == first.set_index("trial_id").loc[sorted(done_first), "objective"].tolist()
+    for trial_id, rows in history.groupby("trial_id"):
+        assert rows["epoch_total"].tolist() == list(range(1, len(rows) + 1)), trial_id
+    _, children, parent = _children(study_dir)
+    assert sorted(r.data.tags["trial_id"] for r in children) == sorted(after["trial_id"])
+    assert all(r.info.status == "FINISHED" for r in children)
 
 
 def test_a_second_study_in_the_same_folder_is_refused(tmp_path, ray_local, capsys):
