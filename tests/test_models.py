@@ -1,0 +1,155 @@
+"""Models: the g/h split, output sizes, parameter counts, transfer, head reset and the AlexNet weights."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+from torch import nn
+from torchvision.models import alexnet
+
+from trainables.models import (
+    FCN_ALEXNET_OFFSET,
+    FCN_ALEXNET_STRIDE,
+    SplitModel,
+    build_model,
+    cifar_cnn,
+    fcn_alexnet,
+    moons_mlp,
+    reset_head,
+    small_fcn,
+    transfer_features,
+)
+
+
+def _seeded(seed: int) -> torch.Generator:
+    return torch.Generator().manual_seed(seed)
+
+
+def _count(module: nn.Module) -> int:
+    return sum(p.numel() for p in module.parameters())
+
+
+@pytest.mark.parametrize("size", [(64, 64), (33, 31), (17, 40)])
+def test_small_fcn_logits_match_input_size(size):
+    model = small_fcn(6, width=8).eval()
+    assert model(torch.zeros(2, 3, *size)).shape == (2, 6, *size)
+    assert isinstance(model.head, nn.Conv2d) and model.head.kernel_size == (1, 1)
+
+
+@pytest.fixture(scope="module")
+def alexnet_file(tmp_path_factory):
+    path = tmp_path_factory.mktemp("weights") / "alexnet.pth"
+    torch.save(alexnet().state_dict(), path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def fcn(alexnet_file):
+    return fcn_alexnet(3, backbone_weights=alexnet_file).eval()
+
+
+@pytest.mark.parametrize("size", [(27, 27), (35, 29), (64, 64)])
+def test_fcn_alexnet_logits_match_input_size(fcn, size):
+    with torch.no_grad():
+        assert fcn(torch.zeros(1, 3, *size)).shape == (1, 3, *size)
+
+
+def test_fcn_alexnet_rejects_too_small_inputs(fcn):
+    with pytest.raises(ValueError, match=r"input height and width must be >= 27, got \(26, 40\)"):
+        fcn(torch.zeros(1, 3, 26, 40))
+
+
+def test_fcn_alexnet_loads_the_torchvision_weights(fcn, alexnet_file):
+    state = torch.load(alexnet_file, weights_only=True)
+    convs = fcn.features.alexnet
+    for index in (0, 3, 6, 8, 10):
+        assert torch.equal(convs[index].weight, state[f"features.{index}.weight"])
+        assert torch.equal(convs[index].bias, state[f"features.{index}.bias"])
+    assert convs[0].padding == (100, 100)
+    assert torch.equal(fcn.features.fc6.weight.flatten(1), state["classifier.1.weight"])
+    assert torch.equal(fcn.features.fc7.weight.flatten(1), state["classifier.4.weight"])
+    assert torch.equal(fcn.features.fc7.bias, state["classifier.4.bias"])
+    assert isinstance(fcn.head, nn.Conv2d) and fcn.head.out_channels == 3
+
+
+def test_fcn_alexnet_weight_file_errors(tmp_path):
+    missing = tmp_path / "nowhere.pth"
+    with pytest.raises(FileNotFoundError, match=f"backbone_weights file not found: {missing}"):
+        fcn_alexnet(3, backbone_weights=missing)
+    wrong = tmp_path / "wrong.pth"
+    torch.save({"features.0.weight": torch.zeros(1)}, wrong)
+    with pytest.raises(ValueError, match=f"backbone_weights {wrong} is not a torchvision AlexNet state dict"):
+        fcn_alexnet(3, backbone_weights=wrong)
+
+
+def test_resampling_maps_input_pixels_to_head_positions():
+    # Identity g and h: the "head output" is the input itself, so the resampled logits show where each
+    # input pixel x samples the map: at (x - offset) / stride, linearly interpolated, border-clamped.
+    model = SplitModel(nn.Identity(), nn.Identity(), dense=True, stride=FCN_ALEXNET_STRIDE, offset=FCN_ALEXNET_OFFSET)
+    ramp = torch.arange(100, dtype=torch.float32).expand(1, 1, 3, 100)  # value = column index
+    out = model(ramp)
+    expected = ((torch.arange(100.0) - FCN_ALEXNET_OFFSET) / FCN_ALEXNET_STRIDE).clamp(0, 99)
+    torch.testing.assert_close(out[0, 0, 0], expected)
+
+
+def test_cifar_cnn_matches_thesis_table_4():
+    model = cifar_cnn()
+    assert _count(model) == 1_341_739
+    assert model(torch.zeros(4, 3, 32, 32)).shape == (4, 11)
+    assert isinstance(model.head, nn.Linear) and model.head.in_features == 512
+    assert _count(model.features) == 1_341_739 - (512 * 11 + 11)
+
+
+def test_moons_mlp():
+    model = moons_mlp()
+    assert _count(model) == (2 * 6 + 6) + (6 * 6 + 6) + (6 * 2 + 2)
+    assert model(torch.zeros(5, 2)).shape == (5, 2)
+
+
+def test_generator_fixes_the_initial_weights():
+    same = [small_fcn(4, width=4, generator=_seeded(1)).state_dict() for _ in range(2)]
+    other = small_fcn(4, width=4, generator=_seeded(2)).state_dict()
+    assert all(torch.equal(same[0][k], same[1][k]) for k in same[0])
+    assert not torch.equal(same[0]["features.enc1.0.weight"], other["features.enc1.0.weight"])
+
+
+def test_transfer_copies_g_and_leaves_h():
+    src = small_fcn(16, width=4, generator=_seeded(1))
+    dst = small_fcn(6, width=4, generator=_seeded(2))
+    head_before = {k: v.clone() for k, v in dst.head.state_dict().items()}
+    with torch.no_grad():
+        src.features.enc1[1].running_mean.fill_(0.5)  # buffers travel with g too
+    transfer_features(src, dst)
+    for key, value in src.features.state_dict().items():
+        assert torch.equal(dst.features.state_dict()[key], value)
+    for key, value in dst.head.state_dict().items():
+        assert torch.equal(value, head_before[key])
+
+
+def test_transfer_refuses_mismatched_extractors():
+    with pytest.raises(ValueError, match=r"feature extractors differ in shape at 'enc1.0.weight'"):
+        transfer_features(small_fcn(4, width=4), small_fcn(4, width=8))
+    with pytest.raises(ValueError, match="feature extractors differ in parameters"):
+        transfer_features(small_fcn(4, width=4), cifar_cnn())
+
+
+def test_reset_head_is_xavier_from_the_generator_and_keeps_g():
+    model = small_fcn(5, width=8, generator=_seeded(0))
+    features = {k: v.clone() for k, v in model.features.state_dict().items()}
+    reset_head(model, _seeded(9))
+    first = model.head.weight.clone()
+    reset_head(model, _seeded(9))
+    assert torch.equal(model.head.weight, first)
+    assert torch.equal(model.head.bias, torch.zeros(5))
+    bound = (6.0 / (8 + 5)) ** 0.5  # Xavier uniform for a 1x1 conv 8 -> 5
+    assert first.abs().max() <= bound and first.abs().max() > 0.5 * bound
+    assert all(torch.equal(model.features.state_dict()[k], v) for k, v in features.items())
+
+
+def test_build_model_dispatch():
+    assert build_model("moons_mlp", 3).head.out_features == 3
+    assert build_model("small_fcn", 4, width=4).head.out_channels == 4
+    with pytest.raises(ValueError, match=r"model name must be one of \('fcn_alexnet', 'small_fcn', 'cifar_cnn', 'moons_mlp'\), got 'vgg'"):
+        build_model("vgg", 3)
+    with pytest.raises(ValueError, match="num_classes must be an integer >= 2, got 1"):
+        build_model("small_fcn", 1)

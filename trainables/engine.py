@@ -1,0 +1,94 @@
+"""Plain training and evaluation functions in the style of torchvision's segmentation references: every
+dependency (model, loader, loss, optimizer, device) is passed in, nothing is global.
+
+Loaders are :func:`trainables.data.loading.make_loader` loaders: they yield ``(inputs, labels)`` batches
+already on the device and know their ``epoch``.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable
+
+import torch
+from torch import nn
+
+from trainables.metrics import ConfusionMatrix
+
+
+def _autocast(device: str | torch.device, dtype: torch.dtype | None) -> torch.autocast:
+    # float16 would need loss scaling (a GradScaler) to train; bfloat16 keeps float32's range.
+    if dtype not in (None, torch.bfloat16):
+        raise ValueError(f"autocast_dtype must be None or torch.bfloat16, got {dtype}")
+    return torch.autocast(device_type=torch.device(device).type, dtype=dtype, enabled=dtype is not None)
+
+
+def train_one_epoch(
+    model: nn.Module,
+    loader,
+    loss_fn: nn.Module,
+    optimizer: torch.optim.Optimizer,
+    *,
+    device: str | torch.device,
+    autocast_dtype: torch.dtype | None = None,
+) -> dict[str, float]:
+    """One pass over ``loader`` in training mode, one optimizer step per batch.
+
+    ``loss_fn(logits, labels)`` gets float32 logits (``(N, C, H, W)`` or ``(N, C)``). Returns
+    ``{"train_loss": mean loss over batches weighted by batch size}``. Raises FloatingPointError naming
+    the epoch and batch when a loss is NaN or infinite (before stepping on it).
+    """
+    model.train()
+    total, count = 0.0, 0
+    for batch, (inputs, labels) in enumerate(loader):
+        with _autocast(device, autocast_dtype):
+            logits = model(inputs)
+        loss = loss_fn(logits.float(), labels)
+        value = loss.item()
+        if not math.isfinite(value):
+            raise FloatingPointError(f"loss is {value} at epoch {loader.epoch}, batch {batch}")
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        optimizer.step()
+        total += value * len(inputs)
+        count += len(inputs)
+    return {"train_loss": total / count if count else math.nan}
+
+
+def predict(model: nn.Module, inputs: torch.Tensor, *, device: str | torch.device) -> torch.Tensor:
+    """Argmax class predictions (int64, on ``device``): ``(N, H, W)`` for segmentation models, ``(N,)``
+    for classifiers. Puts ``model`` in eval mode."""
+    model.eval()
+    with torch.inference_mode():
+        return model(inputs.to(device)).argmax(dim=1)
+
+
+def _confusion(model: nn.Module, loader: Iterable, num_classes: int, device: str | torch.device) -> ConfusionMatrix:
+    matrix = ConfusionMatrix(num_classes)
+    for inputs, labels in loader:
+        matrix.update(predict(model, inputs, device=device), labels.to(device))
+    return matrix
+
+
+def evaluate_segmentation(model: nn.Module, loader: Iterable, num_classes: int, *, device: str | torch.device) -> dict:
+    """Scores of ``model`` on every batch of ``loader`` (255 ignored): the keys of
+    ``ConfusionMatrix.compute()`` (pixel_acc, mean_acc, mean_iu, fw_iu, per-class iu, ...) plus
+    ``confusion``, the ``(C, C)`` count matrix (rows truth, columns prediction) as nested lists."""
+    matrix = _confusion(model, loader, num_classes, device)
+    return {**matrix.compute(), "confusion": matrix.matrix.tolist()}
+
+
+def evaluate_classification(
+    model: nn.Module, loader: Iterable, num_classes: int, *, device: str | torch.device
+) -> dict:
+    """Classification scores over ``loader``: ``acc``, ``mean_precision``, ``mean_recall``, ``mean_f1``
+    (NaN-skipping means over classes) and ``confusion`` (nested lists, rows truth)."""
+    matrix = _confusion(model, loader, num_classes, device)
+    scores = matrix.compute()
+    return {
+        "acc": scores["pixel_acc"],
+        "mean_precision": scores["mean_precision"],
+        "mean_recall": scores["mean_recall"],
+        "mean_f1": scores["mean_f1"],
+        "confusion": matrix.matrix.tolist(),
+    }
