@@ -176,3 +176,38 @@ def test_list_presets_names_every_preset(capsys):
     assert main(["--list-presets"]) == 0
     out = capsys.readouterr().out
     assert all(name in out for name in PRESETS)
+
+
+def test_analysis_reads_a_real_study_report_notebook_and_mlflow_route_agree(tmp_path, ray_local, monkeypatch):
+    """The analysis on a real smoke study: report tables and PNGs, the notebook, MLflow == parquet."""
+    import nbformat
+    from nbclient import NotebookClient
+    from PIL import Image
+
+    from analysis.load import load_study, study_from_mlflow
+    from analysis.report import write_report
+    from analysis.tables import table1
+
+    study_dir = _run(tmp_path, "--preset", "quick", "--seeds", "2")
+    report = write_report(study_dir)
+    text = report.read_text()
+    for condition in ("RandomWeights", "CompleteLabels"):
+        assert condition in text
+    pngs = sorted((study_dir / "figures").glob("*.png"))
+    assert pngs and all(Image.open(p).size[0] > 100 for p in pngs)
+
+    meta = json.loads((study_dir / "study.json").read_text())
+    from_parquet = table1(load_study(study_dir))
+    from_mlflow = table1(study_from_mlflow(meta["tracking_uri"], meta["study"]))
+    columns = ["condition", "fold", "mean", "std"]
+    pd.testing.assert_frame_equal(
+        from_parquet[columns].sort_values(columns[:2]).reset_index(drop=True),
+        from_mlflow[columns].sort_values(columns[:2]).reset_index(drop=True),
+        check_dtype=False, check_categorical=False,
+    )
+    assert from_parquet["mean"].notna().all()
+
+    monkeypatch.setenv("NOISY_TRANSFER_STUDY_DIR", str(study_dir))
+    notebook = nbformat.read(ROOT / "analysis" / "notebooks" / "transferability.ipynb", as_version=4)
+    NotebookClient(notebook, timeout=300, kernel_name="python3",
+                   resources={"metadata": {"path": str(ROOT)}}).execute()
