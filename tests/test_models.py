@@ -149,7 +149,8 @@ def test_reset_head_is_xavier_from_the_generator_and_keeps_g():
 def test_build_model_dispatch():
     assert build_model("moons_mlp", 3).head.out_features == 3
     assert build_model("small_fcn", 4, width=4).head.out_channels == 4
-    with pytest.raises(ValueError, match=r"model name must be one of \('fcn_alexnet', 'small_fcn', 'cifar_cnn', 'moons_mlp'\), got 'vgg'"):
+    names = r"\('fcn_alexnet', 'small_fcn', 'cifar_cnn', 'moons_mlp'\)"
+    with pytest.raises(ValueError, match=rf"model name must be one of {names}, got 'vgg'"):
         build_model("vgg", 3)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2, got 1"):
         build_model("small_fcn", 1)

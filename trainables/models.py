@@ -80,8 +80,10 @@ def _layers(module: nn.Module) -> list[nn.Module]:
 
 
 def reset_head(model: SplitModel, generator: torch.Generator | None = None) -> None:
-    """Re-initialise h in place: Xavier-uniform weights drawn from ``generator``, zero biases (thesis 5.1:
-    non-transferred layers are Xavier-initialised)."""
+    """Re-initialise h in place: Xavier-uniform weights drawn from ``generator`` (one seeded 0 if None,
+    never the global RNG), zero biases (thesis 5.1: non-transferred layers are Xavier-initialised)."""
+    if generator is None:
+        generator = torch.Generator().manual_seed(0)
     with torch.no_grad():
         for layer in _layers(model.head):
             nn.init.xavier_uniform_(layer.weight, generator=generator)
@@ -92,8 +94,7 @@ def reset_head(model: SplitModel, generator: torch.Generator | None = None) -> N
 def _init_weights(model: SplitModel, generator: torch.Generator | None) -> SplitModel:
     """Fresh weights: He-normal for g's convolutions and linear layers (ReLU-family activations), unit
     scale for normalisation layers, Xavier for h; all draws from ``generator`` (seeded 0 if None)."""
-    if generator is None:
-        generator = torch.Generator().manual_seed(0)
+    generator = torch.Generator().manual_seed(0) if generator is None else generator
     with torch.no_grad():
         for layer in _layers(model.features):
             nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
@@ -127,13 +128,17 @@ def transfer_features(src: SplitModel, dst: SplitModel) -> None:
 # ------------------------------------------------------------------------------------------ FCN-AlexNet
 
 
-def _load_alexnet_weights(features: nn.Sequential, path: str | os.PathLike) -> None:
-    """Load torchvision AlexNet ImageNet weights into g: conv1-5 as they are, classifier.1 (fc6) and
-    classifier.4 (fc7) reshaped into 6x6 and 1x1 convolutions."""
+def _read_weights(path: str | os.PathLike) -> dict[str, torch.Tensor]:
+    """The state dict saved at ``path``; a FileNotFoundError naming it when there is no such file."""
     path = Path(path)
     if not path.is_file():
         raise FileNotFoundError(f"backbone_weights file not found: {path} (nothing is downloaded)")
-    state = torch.load(path, map_location="cpu", weights_only=True)
+    return torch.load(path, map_location="cpu", weights_only=True)
+
+
+def _load_alexnet_weights(features: nn.Sequential, state: dict[str, torch.Tensor], path: Path) -> None:
+    """Load torchvision AlexNet ImageNet weights (read from ``path``) into g: conv1-5 as they are,
+    classifier.1 (fc6) and classifier.4 (fc7) reshaped into 6x6 and 1x1 convolutions."""
     try:
         conv = {key.removeprefix("features."): value for key, value in state.items() if key.startswith("features.")}
         features.alexnet.load_state_dict(conv)
@@ -141,7 +146,7 @@ def _load_alexnet_weights(features: nn.Sequential, path: str | os.PathLike) -> N
         features.fc6.bias.copy_(state["classifier.1.bias"])
         features.fc7.weight.copy_(state["classifier.4.weight"].reshape(features.fc7.weight.shape))
         features.fc7.bias.copy_(state["classifier.4.bias"])
-    except (KeyError, RuntimeError) as error:
+    except (AttributeError, KeyError, RuntimeError) as error:
         raise ValueError(
             f"backbone_weights {path} is not a torchvision AlexNet state dict (keys of "
             f"torchvision.models.alexnet().state_dict()): {error}"
@@ -162,6 +167,8 @@ def fcn_alexnet(
     ``torchvision.models.alexnet().state_dict()``) loaded into g; a missing file is a FileNotFoundError.
     """
     _check_classes(num_classes)
+    # Read the weights first: a wrong path fails before the 57M parameters are initialised.
+    state = None if backbone_weights is None else _read_weights(backbone_weights)
     # torchvision's AlexNet layer indices (0, 3, 6, 8, 10), so its state dict loads as is; conv1 pads
     # by 100 instead of 2.
     convs = nn.Sequential(
@@ -199,9 +206,9 @@ def fcn_alexnet(
         min_size=FCN_ALEXNET_MIN_SIZE,
     )
     _init_weights(model, generator)
-    if backbone_weights is not None:
+    if state is not None:
         with torch.no_grad():
-            _load_alexnet_weights(features, backbone_weights)
+            _load_alexnet_weights(features, state, Path(backbone_weights))
     return model
 
 

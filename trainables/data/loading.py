@@ -83,7 +83,7 @@ class SegmentationDataset(Dataset):
         return len(self.inputs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        image = normalize_images(self.inputs[index : index + 1])[0]
+        image = normalize_images(self.inputs[index][None])[0]
         return image, self.targets[index].long(), torch.from_numpy(self.instances[index].astype(np.int64))
 
 
@@ -96,7 +96,9 @@ class ClassificationDataset(Dataset):
         self.true_labels = data.true_labels
         if data.inputs.ndim == 4:
             if data.inputs.dtype != np.uint8 or data.inputs.shape[1] != 3:
-                raise ValueError(f"image inputs must be (N, 3, H, W) uint8, got {data.inputs.dtype} {data.inputs.shape}")
+                raise ValueError(
+                    f"image inputs must be (N, 3, H, W) uint8, got {data.inputs.dtype} {data.inputs.shape}"
+                )
             self.inputs = torch.from_numpy(np.ascontiguousarray(data.inputs))
         elif data.inputs.ndim == 2:
             self.inputs = torch.from_numpy(np.ascontiguousarray(data.inputs, dtype=np.float32))
@@ -108,7 +110,7 @@ class ClassificationDataset(Dataset):
         return len(self.inputs)
 
     def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
-        return _as_float(self.inputs[index : index + 1])[0], self.targets[index]
+        return _as_float(self.inputs[index][None])[0], self.targets[index]
 
 
 def _as_float(inputs: torch.Tensor) -> torch.Tensor:
