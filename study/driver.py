@@ -129,6 +129,19 @@ def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
                          f"(the most is {most_gpus:g})")
 
 
+def check_local_gpus(gpus_per_trial: float) -> None:
+    """Refuse ``--gpus-per-trial`` above this machine's GPUs before a local Ray is even started."""
+    if gpus_per_trial <= 0:
+        return
+    import torch
+
+    available = torch.cuda.device_count()  # honours CUDA_VISIBLE_DEVICES, as Ray's detection does
+    if gpus_per_trial > available:
+        raise StudyError(f"--gpus-per-trial {gpus_per_trial:g} exceeds the GPUs of this machine ({available}); "
+                         "no trial could ever start. Use --gpus-per-trial 0 here, or run on a cluster with GPU "
+                         "nodes (ray up cluster.yaml)")
+
+
 def _existing_cluster() -> str | None:
     """The address of a running cluster ``ray.init()`` would connect to (RAY_ADDRESS, ``ray start``)."""
     address = os.environ.get("RAY_ADDRESS")
@@ -193,17 +206,20 @@ def run_study(spec: StudySpec) -> Path:
     preset = spec.preset_obj
     configs = spec.trial_configs()
     study_dir = spec.study_dir
-    if not spec.resume and (study_dir / "study.json").exists():
-        raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
-                         "or choose another --name")
-    if spec.resume and not (study_dir / "study.json").exists():
-        raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
     secret_names = environment_secret_names()
+    import ray
 
+    started_local_ray = not ray.is_initialized() and _existing_cluster() is None
+    if started_local_ray:
+        check_local_gpus(spec.gpus_per_trial)
+
+    # The lock comes first: a second driver on a live study is told who owns it, not to --resume.
     with StudyLock(study_dir):
-        import ray
-
-        started_local_ray = not ray.is_initialized() and _existing_cluster() is None
+        if not spec.resume and (study_dir / "study.json").exists():
+            raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
+                             "or choose another --name")
+        if spec.resume and not (study_dir / "study.json").exists():
+            raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
         check_cluster(spec, started_local_ray)
         client = MlflowClient(spec.tracking_uri)

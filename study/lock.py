@@ -20,14 +20,18 @@ class StudyLock:
     """Context manager: take ``folder``'s lock or raise :class:`StudyLocked` naming its owner.
 
     A lock whose owner pid is no longer running on this host is stale (a killed driver) and is taken
-    over, so ``--resume`` after a crash just works.
+    over, so ``--resume`` after a crash just works. Folders the lock had to create are removed again on
+    exit when nothing else was written into them, so a study refused before it started leaves no trace.
     """
 
     def __init__(self, folder: Path) -> None:
         self.path = Path(folder) / LOCK_NAME
+        self._created: list[Path] = []
 
     def __enter__(self) -> "StudyLock":
+        missing = [p for p in (self.path.parent, *self.path.parent.parents) if not p.exists()]
         self.path.parent.mkdir(parents=True, exist_ok=True)
+        self._created = missing  # deepest first
         me = {"pid": os.getpid(), "host": socket.gethostname()}
         while True:
             try:
@@ -53,3 +57,8 @@ class StudyLock:
 
     def __exit__(self, *exc: object) -> None:
         self.path.unlink(missing_ok=True)
+        for folder in self._created:
+            try:
+                folder.rmdir()  # only succeeds when empty: nothing a study wrote is ever removed
+            except OSError:
+                break
