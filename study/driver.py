@@ -25,7 +25,7 @@ from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
 from study.export import trial_frames, write_parquet
 from study.lock import StudyLock
-from study.spec import StudyError, StudySpec, environment_secret_names
+from study.spec import Secrets, StudyError, StudySpec
 from study.tracking import MLflowTrials, close_parent_run, open_parent_run
 
 TRAINABLES = {
@@ -171,7 +171,8 @@ def _on_network_filesystem(path: str) -> bool:
     return best_type.startswith(("nfs", "efs", "lustre", "fuse", "ceph", "gluster"))
 
 
-def parent_tags(spec: StudySpec) -> dict[str, str]:
+def parent_tags(spec: StudySpec, secrets: Secrets) -> dict[str, str]:
+    """The parent run's tags: what ran, from which commit, with which versions (credentials redacted)."""
     versions = {}
     for package in ("noisy-transfer", "torch", "ray", "optuna", "mlflow"):
         try:
@@ -180,10 +181,10 @@ def parent_tags(spec: StudySpec) -> dict[str, str]:
             versions[package] = "not installed"
     return {
         "preset": spec.preset,
-        "data": spec.data,
+        "data": secrets.redact(spec.data),
         "smoke": str(spec.smoke),
         "git_commit": _git_commit(),
-        "command": " ".join(shlex.quote(a) for a in sys.argv),
+        "command": secrets.redact(" ".join(shlex.quote(a) for a in sys.argv)),
         "versions": json.dumps(versions),
     }
 
@@ -206,7 +207,7 @@ def run_study(spec: StudySpec) -> Path:
     preset = spec.preset_obj
     configs = spec.trial_configs()
     study_dir = spec.study_dir
-    secret_names = environment_secret_names()
+    secrets = Secrets.from_environment()
     import ray
 
     started_local_ray = not ray.is_initialized() and _existing_cluster() is None
@@ -223,17 +224,17 @@ def run_study(spec: StudySpec) -> Path:
         ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
         check_cluster(spec, started_local_ray)
         client = MlflowClient(spec.tracking_uri)
-        experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec), spec.resume)
+        experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume)
         meta = {
             "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
-            "metric": preset.metric, "mode": preset.mode, "tracking_uri": spec.tracking_uri,
-            "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": spec.storage,
+            "metric": preset.metric, "mode": preset.mode, "tracking_uri": secrets.redact(spec.tracking_uri),
+            "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": secrets.redact(spec.storage),
             "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
             "folds": sorted({c["fold"] for c in configs if "fold" in c}),
             "seeds": sorted({c["seed"] for c in configs}),
         }
         (study_dir / "study.json").write_text(json.dumps(meta, indent=2))
-        callback = MLflowTrials(spec.tracking_uri, experiment_id, parent_run_id, study_dir / "artifacts", secret_names)
+        callback = MLflowTrials(spec.tracking_uri, experiment_id, parent_run_id, study_dir / "artifacts", secrets)
         trainable = tune.with_resources(trainable_function(preset.trainable),
                                         {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
         config_cls = TRAINABLE_CONFIGS[preset.trainable]
@@ -277,7 +278,7 @@ def run_study(spec: StudySpec) -> Path:
             status = "KILLED"
         finally:
             trials = export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls,
-                                  secret_names)
+                                  secrets)
             # Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never
             # started, or left unfinished, tell that the study is incomplete.
             expected = tune_config.num_samples if preset.is_search else len(configs)
@@ -293,7 +294,7 @@ def run_study(spec: StudySpec) -> Path:
 
 
 def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,
-                 config_cls: type, secret_names: set[str]) -> pd.DataFrame | None:
+                 config_cls: type, secrets: Secrets) -> pd.DataFrame | None:
     """Write trials.parquet and history.parquet from Ray Tune's experiment state; return the trials."""
     from dataclasses import fields
 
@@ -309,7 +310,7 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
     run_ids = {run.data.tags.get("trial_id", ""): run.info.run_id for run in runs}
     trials, history = trial_frames(
         analysis.trials, analysis.trial_dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
-        config_keys=[f.name for f in fields(config_cls)], secret_names=secret_names,
+        config_keys=[f.name for f in fields(config_cls)], secrets=secrets,
     )
     write_parquet(trials, spec.study_dir / "trials.parquet")
     write_parquet(history, spec.study_dir / "history.parquet")

@@ -16,6 +16,7 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from study.spec import Secrets
 from study.tracking import is_metric
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
@@ -25,12 +26,14 @@ HISTORY_COLUMNS = ("study", "trial_id", "condition", "fold", "seed", "phase", "e
 
 def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], *, study: str, preset: str,
                  run_ids: Mapping[str, str], config_keys: Iterable[str],
-                 secret_names: Iterable[str] = ()) -> tuple[pd.DataFrame, pd.DataFrame]:
+                 secrets: Secrets | None = None) -> tuple[pd.DataFrame, pd.DataFrame]:
     """(trials, history) frames from Ray Tune trials and their result dataframes (keyed by trial id).
 
-    ``config_keys`` are the trainable's config fields, each exported as a column under its own name.
+    ``config_keys`` are the trainable's config fields, each exported as a column under its own name;
+    ``secrets`` keeps credentials out of the config columns and error messages.
     """
-    config_keys = [k for k in config_keys if k not in set(secret_names)]
+    secrets = secrets or Secrets()
+    config_keys = [k for k in config_keys if k not in secrets.names]
     trial_rows, histories = [], []
     for trial in trials:
         last = dict(trial.last_result or {})
@@ -40,9 +43,9 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             "trial_id": trial.trial_id,
             "mlflow_run_id": run_ids.get(trial.trial_id, ""),
             "status": str(trial.status),
-            "error": _error_line(trial) if str(trial.status) == "ERROR" else "",
+            "error": secrets.redact(_error_line(trial)) if str(trial.status) == "ERROR" else "",
         }
-        row.update({key: trial.config.get(key) for key in config_keys})
+        row.update(secrets.public({key: trial.config.get(key) for key in config_keys}))
         row.update({key: float(value) for key, value in last.items() if is_metric(key, value)})
         trial_rows.append(row)
         frame = dataframes.get(trial.trial_id)

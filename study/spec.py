@@ -8,9 +8,10 @@ from __future__ import annotations
 
 import argparse
 import os
+import re
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Mapping, Sequence
 
 from search_spaces import DEFAULT_PRESET, PRESETS, Preset, get_preset, validate_search
 from trainables.config import parse_data
@@ -194,8 +195,42 @@ def list_presets() -> str:
     return "\n".join(f"{name:<{width}}  {preset.description}" for name, preset in PRESETS.items())
 
 
+SECRET_MARKERS = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "ACCESS_KEY", "PRIVATE_KEY", "API_KEY")
+# Shorter values ("1", "true") are flags, not credentials, and replacing them would garble every text.
+MIN_SECRET_LENGTH = 8
+_URL_USERINFO = re.compile(r"(?<=://)[^/@\s]+@")
+
+
+@dataclass(frozen=True)
+class Secrets:
+    """What must never reach MLflow, parquet, study.json or the log: the names and values of environment
+    variables whose names look like credentials (``AWS_SECRET_ACCESS_KEY``, ``MLFLOW_TRACKING_TOKEN``...),
+    and the ``user:password@`` part of any URI."""
+
+    names: frozenset[str] = frozenset()
+    values: tuple[str, ...] = ()
+
+    @classmethod
+    def from_environment(cls, environ: Mapping[str, str] | None = None) -> "Secrets":
+        environ = dict(os.environ if environ is None else environ)
+        names = {name for name in environ if any(marker in name.upper() for marker in SECRET_MARKERS)}
+        values = {environ[name] for name in names if len(environ[name]) >= MIN_SECRET_LENGTH}
+        return cls(frozenset(names), tuple(sorted(values, key=len, reverse=True)))
+
+    def redact(self, text: str) -> str:
+        """``text`` with URI credentials removed (``http://u:p@host`` -> ``http://host``, which still works
+        with MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD) and every secret value replaced by ``***``."""
+        text = _URL_USERINFO.sub("", text)
+        for value in self.values:
+            text = text.replace(value, "***")
+        return text
+
+    def public(self, config: Mapping[str, Any]) -> dict[str, Any]:
+        """``config`` without secret-named keys, string values redacted (for params, artifacts, parquet)."""
+        return {key: self.redact(value) if isinstance(value, str) else value
+                for key, value in config.items() if key not in self.names}
+
+
 def environment_secret_names(environ: dict[str, str] | None = None) -> set[str]:
     """Names of environment variables that look like credentials (never logged anywhere)."""
-    environ = dict(os.environ if environ is None else environ)
-    markers = ("SECRET", "TOKEN", "PASSWORD", "PASSWD", "CREDENTIAL", "ACCESS_KEY", "PRIVATE_KEY", "API_KEY")
-    return {name for name in environ if any(marker in name.upper() for marker in markers)}
+    return set(Secrets.from_environment(environ).names)

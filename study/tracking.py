@@ -22,6 +22,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.spec import Secrets
 from trainables.runtime import load_state
 
 # Keys of a trial's report that are metrics (identical names in MLflow and parquet). Ray's own
@@ -63,12 +64,12 @@ class MLflowTrials(tune.Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow run (see module docstring)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, artifacts_dir: Path,
-                 secret_names: set[str] | None = None) -> None:
+                 secrets: Secrets | None = None) -> None:
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
         self.artifacts_dir = Path(artifacts_dir)
-        self.secret_names = set(secret_names or ())
+        self.secrets = secrets or Secrets()
         self._client: MlflowClient | None = None
         self._runs: dict[str, str] = {}  # trial_id -> run_id
         self._last_step: dict[str, int] = {}  # trial_id -> last epoch_total logged
@@ -111,7 +112,7 @@ class MLflowTrials(tune.Callback):
                 tags["fold"] = str(config["fold"])
             name = " ".join(f"{k}={tags[k]}" for k in ("condition", "fold", "seed") if k in tags)
             run = self.client.create_run(self.experiment_id, run_name=f"{trial_id} {name}", tags=tags)
-            params = [Param(k, str(v)) for k, v in sorted(config.items()) if k not in self.secret_names]
+            params = [Param(k, str(v)) for k, v in sorted(self.secrets.public(config).items())]
             for start in range(0, len(params), 100):  # MLflow's batch limit
                 self.client.log_batch(run.info.run_id, params=params[start:start + 100])
             self._last_step[trial_id] = 0
@@ -153,7 +154,7 @@ class MLflowTrials(tune.Callback):
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
-        message = _error_message(trial)
+        message = self.secrets.redact(_error_message(trial))
         self.client.log_batch(run_id, tags=[RunTag("status", "FAILED"), RunTag("error", message[-_TAG_LIMIT:])])
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
         print(f"[noisy-transfer] trial {trial.trial_id} FAILED: {_describe(trial.config)}: "
@@ -163,7 +164,7 @@ class MLflowTrials(tune.Callback):
         """Config JSON, final confusion matrix, sample predictions / decision boundary, from the checkpoint."""
         folder = self.artifacts_dir / trial.trial_id
         folder.mkdir(parents=True, exist_ok=True)
-        config = {k: v for k, v in trial.config.items() if k not in self.secret_names}
+        config = self.secrets.public(trial.config)
         (folder / "config.json").write_text(json.dumps(config, indent=2, sort_keys=True, default=str))
         checkpoint = trial.checkpoint
         if checkpoint is not None:
