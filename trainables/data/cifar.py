@@ -176,13 +176,35 @@ def _check_batch(path: Path, num_labels: int) -> None:
         )
 
 
+# The only globals a CIFAR batch references: numpy's array reconstruction (written by Python 2 numpy,
+# or by a newer one) and the codec Python 3 pickles use for bytes. Anything else in a pickle (os.system,
+# builtins.eval...) would run code on load, so it is refused before torchvision unpickles the file.
+_CIFAR_GLOBALS = {
+    ("numpy.core.multiarray", "_reconstruct"), ("numpy._core.multiarray", "_reconstruct"),
+    ("numpy.core.multiarray", "scalar"), ("numpy._core.multiarray", "scalar"),
+    ("numpy.core.numeric", "_frombuffer"), ("numpy._core.numeric", "_frombuffer"),
+    ("numpy", "ndarray"), ("numpy", "dtype"), ("_codecs", "encode"),
+}
+
+
+class _CifarUnpickler(pickle.Unpickler):
+    """An unpickler that builds only plain containers, strings, numbers and numpy arrays."""
+
+    def find_class(self, module: str, name: str) -> object:
+        if (module, name) not in _CIFAR_GLOBALS:
+            raise pickle.UnpicklingError(f"refusing to load {module}.{name}: a CIFAR batch holds only arrays, "
+                                         "lists and strings")
+        return super().find_class(module, name)
+
+
 def _unpickle(path: Path) -> dict:
-    """Unpickle a CIFAR file the way torchvision does (latin1: the files are Python 2 pickles)."""
+    """Unpickle a CIFAR file as torchvision does (latin1: the files are Python 2 pickles), but refuse any
+    object other than containers, strings, numbers and numpy arrays, so a planted file cannot run code."""
     if not path.is_file():
         raise FileNotFoundError(f"CIFAR file {path} is missing; {EXPECTED_LAYOUT}")
     try:
         with open(path, "rb") as file:
-            entry = pickle.load(file, encoding="latin1")
+            entry = _CifarUnpickler(file, encoding="latin1").load()
     except _UNPICKLE_ERRORS as err:
         raise ValueError(f"CIFAR file {path} is corrupt ({err!r}); {EXPECTED_LAYOUT}") from err
     if not isinstance(entry, dict):
