@@ -135,6 +135,8 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys():
          r"init='imagenet' needs model='fcn_alexnet', got 'small_fcn'"),
         ({"imagenet_weights": "/w.pt"}, r"imagenet_weights is only used with init='imagenet'"),
         ({"warmup_epochs": 3, "epochs_pretrain": 2}, r"warmup_epochs=3 exceeds epochs_pretrain=2"),
+        ({"model": "fcn_alexnet", "image_size": 26, "data": "voc:/x"},
+         r"model='fcn_alexnet' needs image_size >= 27 .*got 26; use model='small_fcn'"),
         ({"data": "cifar:/x"}, r"data must be 'synthetic' or 'voc:PATH' for segmentation, got 'cifar:/x'"),
         ({"data": "moons"}, r"for segmentation, got 'moons'"),
         ({"data": "voc"}, r"data 'voc' needs a local root: write 'voc:/path/to/voc'"),
@@ -182,6 +184,7 @@ def test_synthetic_size_limits_do_not_apply_to_voc():
         {"init": "imagenet", "model": "fcn_alexnet", "imagenet_weights": "/w.pt"},
         {"warmup_epochs": 2, "epochs_pretrain": 2},
         {"data": "voc:/data/voc"},
+        {"model": "fcn_alexnet", "image_size": 27, "data": "voc:/data/voc"},
     ],
 )
 def test_boundary_combinations_are_accepted(values):

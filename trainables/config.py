@@ -18,6 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from trainables.data.synthetic import RECOMMENDED_FINETUNE_PER_CLASS, SyntheticConfig
+from trainables.models import FCN_ALEXNET_MIN_SIZE
 
 # Loss name -> the one parameter it takes (None: no parameter). Mirrors trainables.losses.LOSS_PARAMS;
 # kept here as data so validating a config never imports torch.
@@ -251,6 +252,11 @@ class PretrainFinetuneConfig:
         if self.warmup_epochs > self.epochs_pretrain:
             raise ValueError(
                 f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs_pretrain={self.epochs_pretrain}"
+            )
+        if self.model == "fcn_alexnet" and 0 < self.image_size < FCN_ALEXNET_MIN_SIZE:
+            raise ValueError(
+                f"{cls}: model='fcn_alexnet' needs image_size >= {FCN_ALEXNET_MIN_SIZE} (its 6x6 fc6 sees "
+                f"a 27x27 input at least), got {self.image_size}; use model='small_fcn' for smaller images"
             )
 
     def _check_synthetic_sizes(self) -> None:
