@@ -17,6 +17,7 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from trainables.config import PretrainFinetuneConfig, PUClassificationConfig, parse_data
+from trainables.data.synthetic import RECOMMENDED_EPOCHS, RECOMMENDED_OPTIM
 
 TRAINABLE_CONFIGS = {
     "pretrain_finetune": PretrainFinetuneConfig,
@@ -27,8 +28,10 @@ TRAINABLE_CONFIGS = {
 # benchmarks/transfer_sanity.py. VOC: FCN-AlexNet with SGD, epochs scaled from the thesis's 240k/12k
 # iterations at batch size 1 to ~4000 images at batch size 20.
 SEGMENTATION_DEFAULTS = {
-    "synthetic": {"model": "small_fcn", "epochs_pretrain": 10, "epochs_finetune": 10,
-                  "optimizer": "adam", "lr_pretrain": 2e-3, "lr_finetune": 2e-3, "batch_size": 32},
+    "synthetic": {"model": "small_fcn", "epochs_pretrain": RECOMMENDED_EPOCHS["pretrain"],
+                  "epochs_finetune": RECOMMENDED_EPOCHS["finetune"], "optimizer": RECOMMENDED_OPTIM["optimizer"],
+                  "lr_pretrain": RECOMMENDED_OPTIM["lr"], "lr_finetune": RECOMMENDED_OPTIM["lr"],
+                  "weight_decay": RECOMMENDED_OPTIM["weight_decay"], "batch_size": RECOMMENDED_OPTIM["batch_size"]},
     "voc": {"model": "fcn_alexnet", "epochs_pretrain": 60, "epochs_finetune": 40, "optimizer": "sgd",
             "lr_pretrain": 1e-3, "lr_finetune": 1e-3, "momentum": 0.9, "batch_size": 20},
 }
