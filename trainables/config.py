@@ -33,7 +33,7 @@ LOSS_PARAMETER = {
 LOSS_PARAMETER_RANGES = {
     "q": (0.0, 1.0, "0 < q <= 1"),
     "beta": (0.0, 1.0, "0 <= beta <= 1"),
-    "gamma": (0.0, math.inf, "gamma >= 0"),
+    "gamma": (0.0, math.inf, "0 <= gamma < inf"),
     "prior": (0.0, 1.0, "0 < prior < 1"),
 }
 LABEL_TRANSFORMS = ("none", "binarize", "superclass", "random_groups", "target")
@@ -144,7 +144,7 @@ def _check_loss(cls: str, loss: str, params: Mapping[str, float | None]) -> None
         if value is None:
             raise ValueError(f"{cls}: loss {loss!r} needs {wanted} ({text})")
         open_lo = wanted in ("q", "prior")
-        open_hi = wanted == "prior"
+        open_hi = wanted in ("prior", "gamma")  # gamma=inf would zero every loss term
         if (value < lo or (open_lo and value == lo) or value > hi or (open_hi and value == hi)):
             raise ValueError(f"{cls}: {wanted} must satisfy {text}, got {value!r}")
 
