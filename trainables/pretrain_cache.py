@@ -5,17 +5,58 @@ seeds of the fine-tuning only...). An entry is ``<key>.pt``: g's state dict, the
 (to replay its curves) and the config that made it. Writes go to a unique temp file and are renamed
 into place, so a concurrent reader sees the whole file or none; an unreadable entry is reported, removed
 and rebuilt rather than trusted.
+
+Trials that share a pre-training often run at the same time (a grid runs its conditions side by side).
+So that the pre-training runs once, the first trial to miss the cache *claims* the key (``.<key>.claim``,
+created exclusively) and pre-trains; the others wait for its entry instead of pre-training it again, and
+replay it as a cache hit. A claim names its owner and is kept fresh by a heartbeat thread; a claim whose
+owner is gone (a dead process on this host, a heartbeat older than ``stale_after`` seconds, or the same
+trial retried after its worker died) is taken over, so a crash never blocks the trials that wait. Claims
+only save work: losing a race costs a duplicate pre-training, never a wrong or partial entry.
 """
 
 from __future__ import annotations
 
+import json
 import os
+import socket
+import threading
+import time
 import uuid
 import warnings
 from pathlib import Path
 from typing import Any
 
 import torch
+
+CLAIM_HEARTBEAT_S = 10.0  # how often a pre-training trial refreshes its claim
+CLAIM_STALE_S = 120.0  # a claim not refreshed for this long belongs to a trial that is gone
+CLAIM_POLL_S = 1.0  # how often a waiting trial looks for the entry
+
+
+class Claim:
+    """This process's claim on pre-training one key; refreshed by a daemon thread until released."""
+
+    def __init__(self, path: Path, heartbeat_s: float | None = None) -> None:
+        self.path = path
+        heartbeat_s = CLAIM_HEARTBEAT_S if heartbeat_s is None else heartbeat_s
+        self._stop = threading.Event()
+        self._thread = threading.Thread(target=self._beat, args=(heartbeat_s,), daemon=True,
+                                        name=f"pretrain-claim-{path.name}")
+        self._thread.start()
+
+    def _beat(self, every: float) -> None:
+        while not self._stop.wait(every):
+            try:
+                os.utime(self.path)
+            except OSError:  # removed by release() or taken over as stale: nothing left to refresh
+                return
+
+    def release(self) -> None:
+        """Stop the heartbeat and remove the claim (waiters then find the entry, or claim it themselves)."""
+        self._stop.set()
+        self._thread.join()
+        self.path.unlink(missing_ok=True)
 
 
 class PretrainCache:
@@ -26,6 +67,9 @@ class PretrainCache:
 
     def path(self, key: str) -> Path:
         return self.root / f"{key}.pt"
+
+    def claim_path(self, key: str) -> Path:
+        return self.root / f".{key}.claim"
 
     def load(self, key: str) -> dict[str, Any] | None:
         """The entry for ``key`` ({"features", "history", "samples", "config"}), or None when absent or
@@ -51,3 +95,79 @@ class PretrainCache:
         torch.save({**finished, "config": config}, tmp)
         os.replace(tmp, path)
         return path
+
+    # --- claims: one pre-training per key, however many trials want it at once ----------------------
+
+    def acquire(self, key: str, owner: str | None = None, *, poll_s: float = CLAIM_POLL_S,
+                stale_after: float = CLAIM_STALE_S) -> tuple[dict[str, Any] | None, Claim | None]:
+        """``(entry, None)`` when ``key`` is cached (waiting while another live trial pre-trains it), else
+        ``(None, claim)``: the caller pre-trains, saves the entry with :meth:`save`, then releases ``claim``.
+
+        ``owner`` names the caller (a Ray trial id): its own claim left by a dead attempt is taken over.
+        """
+        while True:
+            entry = self.load(key)
+            if entry is not None:
+                return entry, None
+            claim = self.claim(key, owner)
+            if claim is not None:
+                entry = self.load(key)  # saved between our load and our claim: nothing to pre-train
+                if entry is None:
+                    return None, claim
+                claim.release()
+                return entry, None
+            if self._stale(key, owner, stale_after):
+                self.claim_path(key).unlink(missing_ok=True)
+                continue
+            time.sleep(poll_s)
+
+    def claim(self, key: str, owner: str | None = None, *, force: bool = False) -> Claim | None:
+        """Claim ``key`` (None when another trial holds it). ``force`` takes it over regardless: a trial
+        resumed from a pre-training checkpoint holds its key again."""
+        self.root.mkdir(parents=True, exist_ok=True)
+        path = self.claim_path(key)
+        record = json.dumps({"owner": owner or "", "host": socket.gethostname(), "pid": os.getpid(),
+                             "time": time.time()}).encode()
+        if force:
+            tmp = path.with_name(f"{path.name}.{uuid.uuid4().hex}.tmp")
+            tmp.write_bytes(record)
+            os.replace(tmp, path)
+            return Claim(path)
+        try:
+            handle = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return None
+        with os.fdopen(handle, "wb") as stream:
+            stream.write(record)
+        return Claim(path)
+
+    def _stale(self, key: str, owner: str | None, stale_after: float) -> bool:
+        """Whether the claim on ``key`` belongs to a trial that is gone (or is this trial's own)."""
+        path = self.claim_path(key)
+        try:
+            age = time.time() - path.stat().st_mtime
+        except FileNotFoundError:
+            return False  # released meanwhile: the next round finds the entry or claims the key
+        try:
+            record = json.loads(path.read_bytes() or b"{}")
+        except FileNotFoundError:
+            return False
+        except (OSError, ValueError):
+            record = {}  # being written, or its writer died at once: judged by its age alone
+        if age >= stale_after:
+            return True
+        if owner and record.get("owner") == owner:
+            return True  # this trial's own claim, left by a worker that died
+        if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
+            return not _process_alive(record["pid"])
+        return False
+
+
+def _process_alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:  # alive, another user's
+        return True
+    return True

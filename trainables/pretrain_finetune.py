@@ -51,8 +51,8 @@ from trainables.engine import evaluate_segmentation, predict, train_one_epoch
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import build_model, reset_head, transfer_features
 from trainables.pretrain_cache import PretrainCache
-from trainables.runtime import (Reporter, checkpoint_state_from_tune, select_device, set_threads, stream_seed,
-                               tune_reporter)
+from trainables.runtime import (Reporter, checkpoint_state_from_tune, current_trial_id, select_device, set_threads,
+                               stream_seed, tune_reporter)
 
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
@@ -148,13 +148,33 @@ def _pretrain_phase(
         return _finished(state, bool(state["cache_hit"])), cfg.epochs_pretrain
     cache = PretrainCache(cfg.pretrain_cache) if cfg.pretrain_cache else None
     key = cfg.pretrain_key()
-    if state is None and cache is not None:
-        cached = cache.load(key)
+    claim = None
+    if cache is not None and state is None:
+        # A trial that shares this pre-training with one running now waits for its entry (claims).
+        cached, claim = cache.acquire(key, owner=current_trial_id())
         if cached is not None:
             for epoch, metrics in enumerate(cached["history"], start=1):
                 report(_pretrain_metrics(epoch, metrics, cache_hit=True), None)
             return _finished(cached, True), cfg.epochs_pretrain
+    elif cache is not None:  # resumed mid-pre-training: this trial holds its key again
+        claim = cache.claim(key, owner=current_trial_id(), force=True)
+    try:
+        return _pretrain(cfg, data, report, state, device, cache, key)
+    finally:
+        if claim is not None:
+            claim.release()
 
+
+def _pretrain(
+    cfg: PretrainFinetuneConfig,
+    data: TaskData,
+    report: Reporter,
+    state: dict[str, Any] | None,
+    device: torch.device,
+    cache: PretrainCache | None,
+    key: str,
+) -> tuple[dict[str, Any], int]:
+    """Pre-train from scratch or from ``state`` (a pre-training checkpoint), store it in ``cache``."""
     torch.manual_seed(stream_seed(cfg.seed, "pretrain-init"))
     train_set = data.pretrain_train
     phase = _make_phase("pretrain", cfg, train_set.num_classes, cfg.lr_pretrain, cfg.epochs_pretrain, device)

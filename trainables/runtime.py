@@ -8,6 +8,7 @@ dict of tensors and plain values, saved with ``torch.save`` and loaded with ``we
 from __future__ import annotations
 
 import os
+import sys
 import tempfile
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -71,6 +72,17 @@ def trial_cpus(default: int = 1) -> int:
         return max(1, int(resources.required_resources.get("CPU", default)))
     except Exception:  # outside a Tune session there is no context
         return default
+
+
+def current_trial_id() -> str | None:
+    """The Ray Tune trial id of the calling trial, None outside a trial (never imports Ray itself)."""
+    tune = sys.modules.get("ray.tune")
+    if tune is None:  # a trial always has Ray Tune imported; a plain run need not pay for the import
+        return None
+    try:
+        return tune.get_context().get_trial_id() or None
+    except Exception:  # outside a Tune session there is no context
+        return None
 
 
 def select_device() -> torch.device:
