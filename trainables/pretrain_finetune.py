@@ -51,8 +51,8 @@ from trainables.engine import evaluate_segmentation, predict, train_one_epoch
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import build_model, reset_head, transfer_features
 from trainables.pretrain_cache import PretrainCache
-from trainables.runtime import (Reporter, checkpoint_state_from_tune, current_trial_id, select_device, set_threads,
-                               stream_seed, tune_reporter)
+from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, current_trial_id, place_model,
+                               select_device, set_threads, stream_seed, tune_reporter)
 
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
@@ -315,9 +315,7 @@ def _make_phase(name: str, cfg: PretrainFinetuneConfig, num_classes: int, lr: fl
     generator = torch.Generator().manual_seed(stream_seed(cfg.seed, f"{name}-weights"))
     model = build_model(cfg.model, num_classes, generator=generator, **_model_kwargs(cfg), **(
         {"backbone_weights": backbone_weights} if backbone_weights else {}))
-    model = model.to(device)
-    if device.type == "cuda":
-        model = model.to(memory_format=torch.channels_last)
+    model = place_model(model, device)  # channels_last on CUDA
     if cfg.optimizer == "sgd":
         optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
                                     weight_decay=cfg.weight_decay)
@@ -359,4 +357,4 @@ def _base_state(cfg: PretrainFinetuneConfig, phase: str, epoch: int, cache_hit: 
 
 
 def _autocast(device: torch.device) -> torch.dtype | None:
-    return torch.bfloat16 if device.type == "cuda" else None
+    return autocast_dtype(device)

@@ -45,8 +45,8 @@ from trainables.data.moons import grid, make_moons
 from trainables.engine import evaluate_classification, train_one_epoch
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import SplitModel, build_model
-from trainables.runtime import (Reporter, checkpoint_state_from_tune, select_device, set_threads, stream_seed,
-                               tune_reporter)
+from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, place_model, select_device,
+                               set_threads, stream_seed, tune_reporter)
 
 TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
 REPORT_KEYS = ("phase", "train/epoch", "epoch_total", "train/loss", *(f"test/{name}" for name in TEST_SCORES),
@@ -91,7 +91,8 @@ def run(
     # so a resumed run continues the same stream. The initial weights come from their own stream.
     torch.manual_seed(stream_seed(cfg.seed, "train"))
     init = torch.Generator().manual_seed(stream_seed(cfg.seed, "init"))
-    model = build_model("cifar_cnn" if images else "moons_mlp", num_classes, generator=init).to(device)
+    model = build_model("cifar_cnn" if images else "moons_mlp", num_classes, generator=init)
+    model = place_model(model, device) if images else model.to(device)  # channels_last on CUDA
     optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
     history: list[dict[str, Any]] = []
     if state is not None:
@@ -111,7 +112,7 @@ def run(
                         seed=stream_seed(cfg.seed, "batches"), device=device)
     test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
     # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
-    autocast = torch.bfloat16 if device.type == "cuda" and images else None
+    autocast = autocast_dtype(device) if images else None
 
     for epoch in range(len(history) + 1, cfg.epochs + 1):
         train.set_epoch(epoch)

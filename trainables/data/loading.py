@@ -147,6 +147,14 @@ def _flip_crop(
     return images, targets
 
 
+def copy_flags(device: str | torch.device) -> tuple[bool, bool]:
+    """``(pin_memory, non_blocking)`` for copying host batches to ``device``: on CUDA a batch is staged in
+    page-locked memory so the copy runs asynchronously, overlapping the previous step's kernels; on the
+    CPU there is no copy to overlap (and pinning needs a GPU)."""
+    cuda = torch.device(device).type == "cuda"
+    return cuda, cuda
+
+
 class InMemoryLoader:
     """Batches ``(inputs, labels)`` of a dataset held as tensors, already on ``device``.
 
@@ -188,17 +196,17 @@ class InMemoryLoader:
         generator = _epoch_generator(self.seed, self.epoch)
         count = len(self.dataset)
         order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
-        cuda = self.device.type == "cuda"
+        pin, non_blocking = copy_flags(self.device)
         for start in range(0, count, self.batch_size):
             index = order[start : start + self.batch_size]
             inputs, targets = self.dataset.inputs[index], self.dataset.targets[index]
             if self.augment:
                 flips = torch.rand(len(index), generator=generator) < 0.5
                 shifts = torch.randint(-self.crop_padding, self.crop_padding + 1, (len(index), 2), generator=generator)
-            if cuda:
+            if pin:
                 inputs, targets = inputs.pin_memory(), targets.pin_memory()
-            inputs = _as_float(inputs.to(self.device, non_blocking=cuda))
-            targets = targets.to(self.device, non_blocking=cuda)
+            inputs = _as_float(inputs.to(self.device, non_blocking=non_blocking))
+            targets = targets.to(self.device, non_blocking=non_blocking)
             if self.augment:
                 inputs, targets = _flip_crop(inputs, targets, flips.to(self.device), shifts.to(self.device))
             yield inputs, targets.long()
