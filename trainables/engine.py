@@ -35,8 +35,9 @@ def train_one_epoch(
     """One pass over ``loader`` in training mode, one optimizer step per batch.
 
     ``loss_fn(logits, labels)`` gets float32 logits (``(N, C, H, W)`` or ``(N, C)``). Returns
-    ``{"train_loss": mean loss over batches weighted by batch size}``. Raises FloatingPointError naming
-    the epoch and batch when a loss is NaN or infinite (before stepping on it).
+    ``{"train_loss": mean loss over batches weighted by batch size}``. Raises FloatingPointError
+    ("non-finite loss, ...") naming the value, epoch and batch when a loss is NaN or infinite, before
+    stepping on it.
     """
     model.train()
     total, count = 0.0, 0
@@ -46,7 +47,9 @@ def train_one_epoch(
         loss = loss_fn(logits.float(), labels)
         value = loss.item()
         if not math.isfinite(value):
-            raise FloatingPointError(f"loss is {value} at epoch {loader.epoch}, batch {batch}")
+            # Stop before stepping on it: the weights would turn NaN and every later number with them.
+            raise FloatingPointError(f"non-finite loss, training diverged: loss is {value} at epoch "
+                                     f"{loader.epoch}, batch {batch}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
