@@ -20,6 +20,7 @@ from pathlib import Path
 from typing import Any
 
 import pandas as pd
+from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
@@ -81,11 +82,44 @@ class ConditionValue:
         return self.values[config["condition"]]
 
 
+class ResumableOptunaSearch(OptunaSearch):
+    """OptunaSearch whose restored copy continues its Optuna study without drawing extra trials.
+
+    Optuna stores a trial in ``optuna.db`` the moment Ray asks for it; Ray records the Ray trial only
+    at its next experiment snapshot. A driver killed in between leaves an Optuna trial that no Ray
+    trial owns (RUNNING forever), and the restored search would ask for a new one in its place: the
+    study would end with more Optuna trials than ``--num-samples``, the orphan's parameters drawn
+    twice. Restored, this searcher hands those orphans to the next Ray trials first, with whatever
+    parameters Optuna had already drawn for them (``suggest_*`` returns a trial's stored values).
+
+    The sampler's random state is restored from that snapshot too, so it would draw the orphans'
+    parameters again for the next trials; it is reseeded whenever Optuna holds trials the snapshot
+    does not know (a resumed search then draws differently from an uninterrupted one, never twice).
+    """
+
+    def restore(self, checkpoint_path: str) -> None:
+        import optuna
+
+        super().restore(checkpoint_path)
+        owned = {trial._trial_id for trial in self._ot_trials.values()}
+        unknown = [trial for trial in self._ot_study.get_trials(deepcopy=False) if trial._trial_id not in owned]
+        self._orphans = [trial._trial_id for trial in unknown if trial.state == optuna.trial.TrialState.RUNNING]
+        if unknown:
+            self._ot_study.sampler.reseed_rng()
+
+    def suggest(self, trial_id: str) -> dict | None:
+        import optuna
+
+        orphans = self.__dict__.get("_orphans") or []
+        if orphans and callable(self._space) and trial_id not in self._ot_trials:
+            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
+        return super().suggest(trial_id)
+
+
 def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], study_dir: Path) -> Any:
     """Optuna (seeded, persisted in the study folder) behind a ConcurrencyLimiter."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
-    from ray.tune.search.optuna import OptunaSearch
 
     samplers = {
         "tpe": lambda: optuna.samplers.TPESampler(seed=0),
@@ -93,7 +127,7 @@ def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], st
         "random": lambda: optuna.samplers.RandomSampler(seed=0),
     }
     storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
-    searcher = OptunaSearch(
+    searcher = ResumableOptunaSearch(
         space=partial(preset.optuna_space, constants=constants),
         metric=preset.metric,
         mode=preset.mode,
