@@ -27,7 +27,7 @@ from search_spaces.base import TRAINABLE_CONFIGS
 from study.export import trial_frames, write_parquet
 from study.lock import StudyLock
 from study.spec import Secrets, StudyError, StudySpec
-from study.tracking import MLflowTrials, close_parent_run, open_parent_run
+from study.tracking import MLflowTrials, close_parent_run, delete_orphan_runs, open_parent_run
 
 TRAINABLES = {
     "pretrain_finetune": "trainables.pretrain_finetune:pretrain_finetune",
@@ -318,7 +318,7 @@ def run_study(spec: StudySpec) -> Path:
             status = "KILLED"
         finally:
             trials = export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls,
-                                  secrets)
+                                  secrets, state_complete=status == "FINISHED")
             # Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never
             # started, or left unfinished, tell that the study is incomplete.
             expected = tune_config.num_samples if preset.is_search else len(configs)
@@ -334,8 +334,12 @@ def run_study(spec: StudySpec) -> Path:
 
 
 def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,
-                 config_cls: type, secrets: Secrets) -> pd.DataFrame | None:
-    """Write trials.parquet and history.parquet from Ray Tune's experiment state; return the trials."""
+                 config_cls: type, secrets: Secrets, state_complete: bool = False) -> pd.DataFrame | None:
+    """Write trials.parquet and history.parquet from Ray Tune's experiment state; return the trials.
+
+    ``state_complete``: ``Tuner.fit`` returned, so Ray's experiment state holds every trial; MLflow
+    child runs of trials it does not hold (left by a killed driver) are then deleted.
+    """
     from dataclasses import fields
 
     from ray.tune import ExperimentAnalysis
@@ -345,6 +349,11 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
     except Exception as error:  # nothing ran yet: no state to export
         print(f"[noisy-transfer] nothing to export yet ({error})")
         return None
+    if state_complete:
+        orphans = delete_orphan_runs(client, experiment_id, parent_run_id, {t.trial_id for t in analysis.trials})
+        if orphans:
+            print(f"[noisy-transfer] deleted {len(orphans)} MLflow run(s) of trials a killed driver had started "
+                  f"and Ray Tune never recorded (they ran again under new ids): {', '.join(orphans)}")
     runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
                               max_results=50_000)
     run_ids = {run.data.tags.get("trial_id", ""): run.info.run_id for run in runs}

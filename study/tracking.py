@@ -60,6 +60,25 @@ def close_parent_run(client: MlflowClient, run_id: str, status: str) -> None:
     client.set_terminated(run_id, status=status)
 
 
+def delete_orphan_runs(client: MlflowClient, experiment_id: str, parent_run_id: str,
+                       trial_ids: set[str]) -> list[str]:
+    """Delete the child runs of trials that Ray Tune's experiment state does not hold; return their ids.
+
+    A driver killed after Ray started a trial but before Ray's next snapshot leaves a child run for a
+    trial the resumed study never sees again (a search draws it anew under another trial id). Call
+    this only with the trial ids of a completely written experiment state (after ``Tuner.fit``
+    returned). The runs are deleted the MLflow way: hidden, restorable with ``mlflow runs restore``.
+    """
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=50_000)
+    orphans = [run.info.run_id for run in runs if run.data.tags.get("trial_id") not in trial_ids]
+    for run_id in orphans:
+        client.set_tag(run_id, "status", "ORPHANED")
+        client.set_terminated(run_id, status="KILLED")
+        client.delete_run(run_id)
+    return orphans
+
+
 class MLflowTrials(tune.Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow run (see module docstring)."""
 
