@@ -1,10 +1,10 @@
 """Faults injected for real into real studies: a trial's worker SIGKILLed mid-trial, the driver SIGKILLed
 mid-study (grid and Optuna search) and resumed, a trial whose loss genuinely diverges to NaN.
 
-Every study runs ``study/run.py`` in a subprocess with its own local Ray (``RAY_ADDRESS=local``), exactly
-as a user would. The grid studies use a test preset composed from the real :class:`Preset` with smoke
-sizes and a few more epochs, so a trial lasts long enough to be hit mid-run (``--smoke`` has one epoch
-per phase). Each test checks afterwards, in Ray's own result files, that the fault really happened (a
+Every study runs the real command line (``study/run.py``'s ``main``) in a subprocess with its own local
+Ray (``RAY_ADDRESS=local``), as a user would. The grid studies add one test preset, composed from the
+real :class:`Preset` with smoke sizes and a few more epochs, so a trial lasts long enough to be hit
+mid-run (``--smoke`` has one epoch per phase); the search study is ``--preset search --smoke``. Each test checks afterwards, in Ray's own result files, that the fault really happened (a
 new worker pid, a driver that died before the study ended), so none of them can pass vacuously. Every
 process a test starts, and every Ray process those started, is killed by pid when the test ends.
 """
