@@ -61,7 +61,7 @@ class StudySpec:
         preset = self.preset_obj
         overrides = {"data_cache": str(self.output / ".cache" / "data")}
         if preset.trainable == "pretrain_finetune":
-            overrides["pretrain_cache"] = pretrain_cache_location(self.storage, self.name)
+            overrides["pretrain_cache"] = pretrain_cache_location(self.storage, self.name, self.output)
         try:
             configs = preset.trial_configs(self.data, folds=self.folds, seeds=self.seeds, smoke=self.smoke,
                                            imagenet_weights=self.imagenet_weights, overrides=overrides)
@@ -72,9 +72,13 @@ class StudySpec:
         return configs
 
 
-def pretrain_cache_location(storage: str, name: str) -> str:
-    """The pre-training cache folder, under the study's storage so every node of a cluster shares it."""
-    return f"{storage.rstrip('/')}/{name}/pretrain_cache"
+def pretrain_cache_location(storage: str, name: str, output: Path) -> str:
+    """The pre-training cache folder: under the study's storage, so every node of a cluster on a shared
+    filesystem shares it. Object storage (``s3://``...) is no folder ``torch.save`` and the cache's
+    exclusive claim files can use, so there each node keeps its own cache under ``OUTPUT/.cache``."""
+    if "://" in storage and not storage.startswith("file://"):
+        return str(output / ".cache" / "pretrain" / name)
+    return f"{storage.removeprefix('file://').rstrip('/')}/{name}/pretrain_cache"
 
 
 def build_parser() -> argparse.ArgumentParser:
