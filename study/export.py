@@ -17,7 +17,7 @@ import numpy as np
 import pandas as pd
 
 from study.spec import Secrets
-from study.tracking import is_metric
+from study.tracking import is_metric, trial_error_text
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
 TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error")
@@ -104,14 +104,10 @@ def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
 
 
 def _error_line(trial: Any) -> str:
-    try:
-        error = trial.get_error()
-    except Exception:
-        return "error (see the trial's error.txt)"
-    if not error:
-        return "error (see the trial's error.txt)"
-    lines = [line for line in str(error).strip().splitlines() if line.strip()]
-    return lines[-1][:1000] if lines else "error"
+    """The last line of a trial's error (the exception's message), at most 1000 characters."""
+    error = trial_error_text(trial)
+    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
+    return lines[-1][:1000] if lines else "error (see the trial's error.txt)"
 
 
 def finite_or_nan(value: Any) -> float:

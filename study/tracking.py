@@ -216,11 +216,24 @@ def _describe(config: Mapping[str, Any]) -> str:
     return ", ".join(parts)
 
 
-def _error_message(trial: Any) -> str:
+def trial_error_text(trial: Any) -> str | None:
+    """The text of a trial's error file, None when it has none (or it cannot be read).
+
+    Ray writes the file into the driver's staging folder (``trial.error_file``) before it calls the
+    callbacks, and copies it to the storage that ``trial.get_error()`` reads only at its next sync; so
+    the staging copy comes first, or ``on_trial_error`` would find no message.
+    """
     try:
+        local = getattr(trial, "error_file", None)
+        if local and Path(local).is_file():
+            return Path(local).read_text()
         error = trial.get_error()
     except Exception:  # reading the error file must never break the study
-        error = None
+        return None
     if error is None:
-        return "trial failed; see the trial's error.txt"
+        return None
     return error if isinstance(error, str) else "".join(traceback.format_exception(error))
+
+
+def _error_message(trial: Any) -> str:
+    return trial_error_text(trial) or "trial failed; see the trial's error.txt"

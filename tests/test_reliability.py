@@ -99,6 +99,21 @@ def test_mlflow_child_runs_and_parquet_rows_carry_no_secret(tmp_path):
     assert trials.set_index("trial_id").loc["t2", "error"] == "boom at http://host"
 
 
+def test_a_failed_trial_error_is_read_from_the_staging_copy_before_ray_syncs_it(tmp_path):
+    """Ray calls on_trial_error before the error file reaches storage, where get_error() looks."""
+    from study.export import _error_line
+    from study.tracking import trial_error_text
+
+    staged = tmp_path / "error.txt"
+    staged.write_text("Failure # 1\nTraceback ...\nFloatingPointError: non-finite loss, training diverged\n")
+    trial = _fake_trial("t3", {}, "ERROR")
+    trial.get_error = lambda: None  # not synced yet
+    assert trial_error_text(trial) is None
+    trial.error_file = str(staged)
+    assert trial_error_text(trial) == staged.read_text()
+    assert _error_line(trial) == "FloatingPointError: non-finite loss, training diverged"
+
+
 def test_parent_run_tags_redact_credentials_in_the_command_line(monkeypatch, tmp_path):
     from study.driver import parent_tags
 
