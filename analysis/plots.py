@@ -216,25 +216,38 @@ def figure5(study: Study, path: str | Path | None = None, figsize: tuple[float, 
 
 def learning_curves(study: Study, path: str | Path | None = None, metrics: Sequence[str] | None = None,
                     panel_size: tuple[float, float] = (5, 4)) -> Figure:
-    """Mean (line) ± std (band) of each metric per condition against ``epoch_total``; one panel per
-    metric (default: validation/test mean IU for pretrain-finetune, test mean F1 for PU)."""
+    """Mean (line) ± std (band) of each metric per condition, one panel per metric (default:
+    validation/test mean IU for pretrain-finetune, test mean F1 for PU).
+
+    A metric that one phase reports is drawn against that phase's epoch, so a RandomWeights run (no
+    pre-training) and a transferred one start fine-tuning at the same x; a metric of both phases is
+    drawn against ``epoch_total``."""
     metrics = list(metrics or CURVE_METRICS.get(study.trainable, ()))
     metrics = [m for m in metrics if m in study.history.columns] or metrics[:1]
     fig = Figure(figsize=(panel_size[0] * max(len(metrics), 1), panel_size[1]))
     axes = np.atleast_1d(fig.subplots(1, max(len(metrics), 1)))
     for ax, metric in zip(axes, metrics):
-        frame = learning_curves_frame(study, metric)
+        phases = _phases_reporting(study, metric)
+        x = "epoch" if len(phases) == 1 else "epoch_total"
+        frame = learning_curves_frame(study, metric, x=x)
         for i, (condition, curve) in enumerate(frame.groupby("condition", sort=False)):
             # Phases are drawn apart so no line joins the last pre-training and first fine-tuning epoch.
             for j, (_, part) in enumerate(curve.groupby("phase", sort=False)):
-                ax.plot(part["epoch_total"], part["mean"], color=f"C{i % 10}", label=None if j else condition)
+                ax.plot(part[x], part["mean"], color=f"C{i % 10}", label=None if j else condition)
                 band = part["std"].fillna(0.0)
-                ax.fill_between(part["epoch_total"], part["mean"] - band, part["mean"] + band,
-                                color=f"C{i % 10}", alpha=0.2)
-        ax.set(xlabel="epoch (pre-training + fine-tuning)", ylabel=metric, title=metric)
+                ax.fill_between(part[x], part["mean"] - band, part["mean"] + band, color=f"C{i % 10}", alpha=0.2)
+        xlabel = f"{phases[0]} epoch" if x == "epoch" else "epoch (pre-training + fine-tuning)"
+        ax.set(xlabel=xlabel, ylabel=metric, title=metric)
         _legend(ax, fontsize="x-small")
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _phases_reporting(study: Study, metric: str) -> list[str]:
+    """The phases whose history rows carry ``metric``, in order of appearance."""
+    if metric not in study.history.columns:
+        return []
+    return list(dict.fromkeys(study.history.loc[study.history[metric].notna(), "phase"]))
 
 
 def search_curves(study: Study, path: str | Path | None = None, panel_size: tuple[float, float] = (5, 4)) -> Figure:

@@ -211,16 +211,18 @@ def figure3_frame(study: Study, metrics: Sequence[str] = FIGURE3_METRICS) -> pd.
         ["metric", "n_categories", "kind"], kind="stable").reset_index(drop=True)
 
 
-def learning_curves_frame(study: Study, metric: str) -> pd.DataFrame:
-    """Mean ± std of ``metric`` per condition, phase and ``epoch_total`` over all trials that reported
-    it (running ones included: a curve shows progress). Columns: condition, phase, epoch_total, mean,
-    std, n_trials."""
-    columns = ["condition", "phase", "epoch_total", "mean", "std", "n_trials"]
+def learning_curves_frame(study: Study, metric: str, x: str = "epoch_total") -> pd.DataFrame:
+    """Mean ± std of ``metric`` per condition, phase and ``x`` over all trials that reported it (running
+    ones included: a curve shows progress). ``x`` is ``epoch_total`` (both phases on one clock) or
+    ``epoch`` (the epoch within the phase). Columns: condition, phase, ``x``, mean, std, n_trials."""
+    if x not in ("epoch_total", "epoch"):
+        raise ValueError(f"x must be 'epoch_total' or 'epoch', got {x!r}")
+    columns = ["condition", "phase", x, "mean", "std", "n_trials"]
     if metric not in study.history.columns:
         return pd.DataFrame(columns=columns)
-    rows = study.history[["trial_id", "phase", "epoch_total", metric]].dropna(subset=[metric])
+    rows = study.history[["trial_id", "phase", x, metric]].dropna(subset=[metric])
     rows = rows.merge(study.trials[["trial_id", "condition"]], on="trial_id")
-    grouped = rows.groupby(["condition", "phase", "epoch_total"], sort=True)[metric]
+    grouped = rows.groupby(["condition", "phase", x], sort=True)[metric]
     frame = grouped.agg(mean="mean", std=lambda v: v.std(ddof=STD_DDOF), n_trials="count").reset_index()
     return frame[columns]
 

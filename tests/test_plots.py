@@ -94,6 +94,10 @@ def test_learning_curves_one_panel_per_metric(tmp_path):
     assert [ax.get_title() for ax in fig.axes] == ["pretrain/val_mean_iu", "finetune/test_mean_iu"]
     # RandomWeights has no pre-training, so the validation panel shows CompleteLabels only.
     assert [line.get_label() for line in fig.axes[0].lines] == ["CompleteLabels"]
+    # Fine-tuning curves share the fine-tuning clock, whether or not a pre-training came first.
+    finetune = {line.get_label(): list(line.get_xdata()) for line in fig.axes[1].lines}
+    assert finetune["CompleteLabels"] == finetune["RandomWeights"] == list(range(1, 8))
+    assert fig.axes[1].get_xlabel() == "finetune epoch"
 
 
 def test_search_curves_png(tmp_path):
