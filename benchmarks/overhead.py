@@ -43,6 +43,7 @@ from trainables.data.sources import load_task_data  # noqa: E402
 from trainables.engine import evaluate_segmentation, train_one_epoch  # noqa: E402
 from trainables.losses import frequency_class_weights, make_loss  # noqa: E402
 from trainables.models import build_model, reset_head, transfer_features  # noqa: E402
+from trainables.pretrain_finetune import make_optimizer  # noqa: E402
 from trainables.runtime import save_state, stream_seed  # noqa: E402
 
 TARGET = 1.10
@@ -57,12 +58,7 @@ def bare_loop(cfg: PretrainFinetuneConfig) -> dict:
     load_s = time.perf_counter() - start
 
     def phase(name, model, train_set, lr, epochs, loss_fn, evaluations):
-        if cfg.optimizer == "sgd":
-            optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
-                                        weight_decay=cfg.weight_decay)
-        else:
-            optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-        schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+        optimizer, schedule = make_optimizer(cfg, model.parameters(), lr, epochs)
         loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
                              seed=stream_seed(cfg.seed, name))
         scores = None

@@ -316,13 +316,19 @@ def _make_phase(name: str, cfg: PretrainFinetuneConfig, num_classes: int, lr: fl
     model = build_model(cfg.model, num_classes, generator=generator, **_model_kwargs(cfg), **(
         {"backbone_weights": backbone_weights} if backbone_weights else {}))
     model = place_model(model, device)  # channels_last on CUDA
-    if cfg.optimizer == "sgd":
-        optimizer = torch.optim.SGD(model.parameters(), lr=lr, momentum=cfg.momentum,
-                                    weight_decay=cfg.weight_decay)
-    else:
-        optimizer = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=cfg.weight_decay)
-    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
+    optimizer, scheduler = make_optimizer(cfg, model.parameters(), lr, epochs)
     return _Phase(name, model, optimizer, scheduler)
+
+
+def make_optimizer(cfg: PretrainFinetuneConfig, parameters: Any, lr: float, epochs: int) -> tuple[
+        torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler]:
+    """One phase's optimizer (SGD with momentum, or AdamW: decoupled weight decay) and its cosine
+    schedule, annealed to 0 over the phase's ``epochs`` (stepped once per epoch)."""
+    if cfg.optimizer == "sgd":
+        optimizer = torch.optim.SGD(parameters, lr=lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    else:
+        optimizer = torch.optim.AdamW(parameters, lr=lr, weight_decay=cfg.weight_decay)
+    return optimizer, torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
 
 
 def _model_kwargs(cfg: PretrainFinetuneConfig) -> dict[str, Any]:
