@@ -7,7 +7,7 @@ import re
 
 import numpy as np
 import pytest
-from fixtures_data import CIFAR10_NAMES, write_mini_cifar
+from helpers.fixtures_data import CIFAR10_NAMES, write_mini_cifar
 
 from trainables.data.cifar import load_cifar_pu
 

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 import pytest
-from analysis_frames import pretrain_finetune_frames, pu_frames, write_boundaries, write_study
+from helpers.analysis_frames import pretrain_finetune_frames, pu_frames, write_boundaries, write_study
 from PIL import Image
 
 from analysis import plots

@@ -17,8 +17,8 @@ from tempfile import mkdtemp
 
 import psutil
 import pytest
-import ray_cluster
-from ray_cluster import HEAD_RESOURCE, WORKER_RESOURCE, LocalRayCluster, local_two_node_cluster
+from helpers import ray_cluster
+from helpers.ray_cluster import HEAD_RESOURCE, WORKER_RESOURCE, LocalRayCluster, local_two_node_cluster
 
 pytestmark = pytest.mark.slow
 

@@ -23,7 +23,7 @@ from search_spaces.base import Preset
 from study.export import trial_frames
 from study.run import main
 from study.spec import MIN_SECRET_LENGTH, Secrets, parse_spec
-from fixtures_data import write_mini_cifar
+from helpers.fixtures_data import write_mini_cifar
 from trainables.data.cifar import load_cifar_pu
 
 ROOT = Path(__file__).resolve().parents[1]

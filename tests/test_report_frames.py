@@ -9,7 +9,7 @@ from pathlib import Path
 
 import nbformat
 import pandas as pd
-from analysis_frames import pretrain_finetune_frames, pu_frames, write_boundaries, write_study
+from helpers.analysis_frames import pretrain_finetune_frames, pu_frames, write_boundaries, write_study
 from nbclient import NotebookClient
 from PIL import Image
 

@@ -17,7 +17,7 @@ from pathlib import Path
 import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
-from ray_cluster import LocalRayCluster, local_two_node_cluster
+from helpers.ray_cluster import LocalRayCluster, local_two_node_cluster
 
 pytestmark = pytest.mark.slow
 

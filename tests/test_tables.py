@@ -8,7 +8,7 @@ import math
 import numpy as np
 import pandas as pd
 import pytest
-from analysis_frames import (
+from helpers.analysis_frames import (
     log_to_mlflow,
     pretrain_finetune_frames,
     pu_frames,

@@ -1,4 +1,4 @@
-"""VOC2011 + SBD loader, run on miniature copies in the real on-disk formats (tests/fixtures_data.py)."""
+"""VOC2011 + SBD loader, run on miniature copies in the real on-disk formats (tests/helpers/fixtures_data.py)."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ import shutil
 
 import numpy as np
 import pytest
-from fixtures_data import class_rgb, make_scene, write_mini_sbd, write_mini_voc, write_palette_png
+from helpers.fixtures_data import class_rgb, make_scene, write_mini_sbd, write_mini_voc, write_palette_png
 from PIL import Image
 from scipy.io import savemat
 from torchvision.datasets import SBDataset, VOCSegmentation
