@@ -5,6 +5,19 @@ before any work starts, and the study driver builds the same dataclasses for eve
 before Ray starts, so a typo or an out-of-range value costs nothing. Every field declares its type and
 range in ``field(metadata=...)``; :func:`_check_fields` enforces them generically and each config adds
 the checks that span several fields (a loss parameter without its loss, more groups than classes).
+
+Where a trial's values come from, one layer each (later layers override earlier ones):
+
+1. the data source's numbers: ``trainables.data.synthetic`` (``RECOMMENDED_*``, ``STUDY_SIZES``);
+2. the field defaults here, taken from (1): a config built with no arguments is what a synthetic preset
+   runs, and a size left at 0 on synthetic data is filled in at construction, so a built config holds
+   concrete values only (:func:`_fill_synthetic_sizes`);
+3. per data kind and smoke size: ``search_spaces.base`` (``DATA_DEFAULTS``, ``SMOKE``);
+4. the preset's shared ``base`` and its conditions: ``search_spaces/<preset>.py``;
+5. where things live (data and pre-training caches): ``study.spec``.
+
+``python study/run.py --preset P --print-configs`` prints the result for every trial. Which loss takes
+which parameter, and its range, is ``trainables.loss_table``.
 """
 
 from __future__ import annotations
@@ -17,25 +30,15 @@ import math
 from dataclasses import dataclass, field
 from typing import Any, Mapping
 
-from trainables.data.synthetic import RECOMMENDED_FINETUNE_PER_CLASS, SyntheticConfig
+from trainables.data.synthetic import (
+    RECOMMENDED_EPOCHS,
+    RECOMMENDED_OPTIM,
+    STUDY_SIZES,
+    SyntheticConfig,
+)
+from trainables.loss_table import LOSS_NAMES, LOSSES, losses_using
 from trainables.models import FCN_ALEXNET_MIN_SIZE
 
-# Loss name -> the one parameter it takes (None: no parameter). Mirrors trainables.losses.LOSS_PARAMS;
-# kept here as data so validating a config never imports torch.
-LOSS_PARAMETER = {
-    "ce": None,
-    "weighted_neg": "q",
-    "sigmoidal_neg": None,
-    "bootstrap_neg": "beta",
-    "focal": "gamma",
-    "nnpu": "prior",
-}
-LOSS_PARAMETER_RANGES = {
-    "q": (0.0, 1.0, "0 < q <= 1"),
-    "beta": (0.0, 1.0, "0 <= beta <= 1"),
-    "gamma": (0.0, math.inf, "0 <= gamma < inf"),
-    "prior": (0.0, 1.0, "0 < prior < 1"),
-}
 LABEL_TRANSFORMS = ("none", "binarize", "superclass", "random_groups", "target")
 INITS = ("pretrain", "random", "imagenet")
 SEGMENTATION_MODELS = ("small_fcn", "fcn_alexnet")
@@ -129,24 +132,35 @@ def parse_data(data: str) -> tuple[str, str]:
 
 
 def _check_loss(cls: str, loss: str, params: Mapping[str, float | None]) -> None:
-    """A loss parameter is set exactly when its loss uses it, and lies in its range."""
-    wanted = LOSS_PARAMETER[loss]
+    """A loss parameter is set exactly when its loss uses it, and lies in its range (trainables.loss_table)."""
+    wanted = LOSSES[loss]
     for name, value in params.items():
-        if name != wanted and value is not None:
-            users = [l for l, p in LOSS_PARAMETER.items() if p == name]
+        if (wanted is None or name != wanted.name) and value is not None:
+            user = losses_using(name)[0]
             raise ValueError(
-                f"{cls}: {name}={value!r} is only used by loss {users[0]!r}, but loss is {loss!r}; "
-                f"remove {name} or set loss={users[0]!r}"
+                f"{cls}: {name}={value!r} is only used by loss {user!r}, but loss is {loss!r}; "
+                f"remove {name} or set loss={user!r}"
             )
     if wanted is not None:
-        value = params[wanted]
-        lo, hi, text = LOSS_PARAMETER_RANGES[wanted]
+        value = params[wanted.name]
         if value is None:
-            raise ValueError(f"{cls}: loss {loss!r} needs {wanted} ({text})")
-        open_lo = wanted in ("q", "prior")
-        open_hi = wanted in ("prior", "gamma")  # gamma=inf would zero every loss term
-        if (value < lo or (open_lo and value == lo) or value > hi or (open_hi and value == hi)):
-            raise ValueError(f"{cls}: {wanted} must satisfy {text}, got {value!r}")
+            raise ValueError(f"{cls}: loss {loss!r} needs {wanted.name} ({wanted.inequality})")
+        if not wanted.contains(value):
+            raise ValueError(f"{cls}: {wanted.name} must satisfy {wanted.inequality}, got {value!r}")
+
+
+def _fill_synthetic_sizes(config: Any, sizes: Mapping[str, int]) -> None:
+    """Replace each size field of ``config`` left at 0 by the synthetic benchmark's value in ``sizes``.
+
+    0 in a size field means "the data source's default"; it is resolved here, once, when the config is
+    built, so every config (and every trial config a preset produces) holds the concrete value and no
+    trainable ever interprets a 0.
+    """
+    if parse_data(config.data)[0] != "synthetic":
+        return
+    for name, value in sizes.items():
+        if getattr(config, name) == 0:
+            object.__setattr__(config, name, value)
 
 
 @dataclass(frozen=True)
@@ -182,7 +196,7 @@ class PretrainFinetuneConfig:
                            doc="random_groups: number of random categories")
 
     # Pre-training loss (thesis 4) and its warmup with class-weighted cross-entropy.
-    loss: str = spec(str, choices=tuple(LOSS_PARAMETER), default="ce", pretrain=True)
+    loss: str = spec(str, choices=LOSS_NAMES, default="ce", pretrain=True)
     q: float | None = spec((float, type(None)), default=None, pretrain=True)
     beta: float | None = spec((float, type(None)), default=None, pretrain=True)
     gamma: float | None = spec((float, type(None)), default=None, pretrain=True)
@@ -192,24 +206,30 @@ class PretrainFinetuneConfig:
     class_weighting: bool = spec(bool, default=False, pretrain=True,
                                  doc="weight classes by observed label frequency")
 
-    # Optimisation.
-    epochs_pretrain: int = spec(int, lo=1, default=8, pretrain=True)
-    epochs_finetune: int = spec(int, lo=1, default=12)
-    lr_pretrain: float = spec(float, lo=1e-7, hi=10.0, default=2e-3, pretrain=True)
-    lr_finetune: float = spec(float, lo=1e-7, hi=10.0, default=2e-3)
-    optimizer: str = spec(str, choices=OPTIMIZERS, default="adam", pretrain=True)
-    momentum: float = spec(float, lo=0.0, hi=1.0, default=0.9, pretrain=True)
-    weight_decay: float = spec(float, lo=0.0, hi=1.0, default=1e-4, pretrain=True)
-    batch_size: int = spec(int, lo=1, hi=4096, default=32, pretrain=True)
+    # Optimisation: the defaults are what the synthetic presets run (trainables.data.synthetic's
+    # RECOMMENDED_*, measured with benchmarks/transfer_sanity.py); VOC presets override them.
+    epochs_pretrain: int = spec(int, lo=1, default=RECOMMENDED_EPOCHS["pretrain"], pretrain=True)
+    epochs_finetune: int = spec(int, lo=1, default=RECOMMENDED_EPOCHS["finetune"])
+    lr_pretrain: float = spec(float, lo=1e-7, hi=10.0, default=RECOMMENDED_OPTIM["lr"], pretrain=True)
+    lr_finetune: float = spec(float, lo=1e-7, hi=10.0, default=RECOMMENDED_OPTIM["lr"])
+    optimizer: str = spec(str, choices=OPTIMIZERS, default=RECOMMENDED_OPTIM["optimizer"], pretrain=True)
+    momentum: float = spec(float, lo=0.0, hi=1.0, default=0.9, pretrain=True, doc="sgd only")
+    weight_decay: float = spec(float, lo=0.0, hi=1.0, default=RECOMMENDED_OPTIM["weight_decay"], pretrain=True)
+    batch_size: int = spec(int, lo=1, hi=4096, default=RECOMMENDED_OPTIM["batch_size"], pretrain=True)
     eval_interval: int = spec(int, lo=1, default=1, doc="fine-tuning epochs between test evaluations")
     objective_last_k: int = spec(int, lo=1, default=5,
                                  doc="objective = mean of the last k fine-tuning test mean IUs")
 
-    # Data scale (synthetic) and split sizes; 0 means the data source's default.
-    image_size: int = spec(int, lo=0, hi=1024, default=0, pretrain=True)
-    images_per_class: int = spec(int, lo=0, default=0, pretrain=True)
+    # Data scale. On synthetic data a 0 is replaced at construction by the benchmark's value
+    # (trainables.data.synthetic.STUDY_SIZES), so a built config never holds a 0 here; VOC reads
+    # neither image_size (its loader fixes 128 px) nor images_per_class (it uses every image).
+    image_size: int = spec(int, lo=0, hi=1024, default=0, pretrain=True,
+                           doc="synthetic image side in px (0: the benchmark's 64)")
+    images_per_class: int = spec(int, lo=0, default=0, pretrain=True,
+                                 doc="synthetic training images per class (0: the benchmark's 60)")
     finetune_train_per_class: int = spec(int, lo=0, default=0,
-                                         doc="cap on fine-tuning training images per class")
+                                         doc="cap on fine-tuning training images per class (synthetic 0: "
+                                             "the recommended 10; VOC 0: no cap)")
 
     # Plumbing: where things live. Never part of the science, never part of the pre-training key.
     pretrain_cache: str = spec(str, default="", doc="folder of cached pre-trained extractors")
@@ -222,6 +242,7 @@ class PretrainFinetuneConfig:
         kind, _ = parse_data(self.data)
         if kind not in ("synthetic", "voc"):
             raise ValueError(f"{cls}: data must be 'synthetic' or 'voc:PATH' for segmentation, got {self.data!r}")
+        _fill_synthetic_sizes(self, STUDY_SIZES["segmentation"])
         if kind == "synthetic":
             self._check_synthetic_sizes()
         _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
@@ -262,18 +283,17 @@ class PretrainFinetuneConfig:
     def _check_synthetic_sizes(self) -> None:
         """The synthetic benchmark's own limits, checked here so a bad size fails before any trial."""
         cls = type(self).__name__
-        overrides = {"image_size": self.image_size, "images_per_class": self.images_per_class}
         try:
-            synthetic = SyntheticConfig(**{k: v for k, v in overrides.items() if v})
+            SyntheticConfig(image_size=self.image_size, images_per_class=self.images_per_class)
         except ValueError as error:
             raise ValueError(f"{cls}: {error} (synthetic data; 0 means the benchmark's default)") from None
-        # Fine-tuning images are drawn per class from the training split (0: the recommended cap).
-        cap = self.finetune_train_per_class or RECOMMENDED_FINETUNE_PER_CLASS
-        if cap > synthetic.images_per_class:
+        # Fine-tuning images are drawn per class from the training split.
+        if self.finetune_train_per_class > self.images_per_class:
+            defaults = STUDY_SIZES["segmentation"]
             raise ValueError(
-                f"{cls}: finetune_train_per_class={cap} exceeds images_per_class="
-                f"{synthetic.images_per_class}, the training images it is drawn from (0 means "
-                f"{RECOMMENDED_FINETUNE_PER_CLASS} and the benchmark's default respectively)"
+                f"{cls}: finetune_train_per_class={self.finetune_train_per_class} exceeds images_per_class="
+                f"{self.images_per_class}, the training images it is drawn from (left at 0 they are "
+                f"{defaults['finetune_train_per_class']} and {defaults['images_per_class']})"
             )
 
     @classmethod
@@ -314,6 +334,9 @@ class PUClassificationConfig:
     ``setup="pu"``: a ``labelled_fraction`` of the positives keeps its label, the rest joins the
     negatives as label 0 (the U set). ``setup="pn"``: that fraction of the positives and of the
     negatives keeps its true label, the rest is dropped (the thesis's "P+N" baselines).
+
+    The optimisation defaults (Adam, lr 1e-4, 20 epochs, batch 128) are the thesis's CIFAR setup, which
+    the table2 and fig5 presets run as they are; fig4 (moons) sets its own.
     """
 
     condition: str = spec(str, default="")
@@ -321,7 +344,7 @@ class PUClassificationConfig:
     seed: int = spec(int, lo=0, default=0, doc="U-set draw, init and batch order")
     setup: str = spec(str, choices=PU_SETUPS, default="pu")
     labelled_fraction: float = spec(float, lo=0.0, hi=1.0, default=0.5)
-    loss: str = spec(str, choices=tuple(LOSS_PARAMETER), default="ce")
+    loss: str = spec(str, choices=LOSS_NAMES, default="ce")
     q: float | None = spec((float, type(None)), default=None)
     beta: float | None = spec((float, type(None)), default=None)
     gamma: float | None = spec((float, type(None)), default=None)
@@ -333,8 +356,9 @@ class PUClassificationConfig:
     weight_decay: float = spec(float, lo=0.0, hi=1.0, default=0.0)
     batch_size: int = spec(int, lo=1, hi=4096, default=128)
     objective_last_k: int = spec(int, lo=1, default=5, doc="objective = mean of the last k test mean F1s")
-    images_per_class: int = spec(int, lo=0, default=0, doc="synthetic: train images per class; 0 = default")
-    max_per_source: int = spec(int, lo=0, default=0, doc="cifar: cap images per CIFAR-10/100; 0 = all")
+    images_per_class: int = spec(int, lo=0, default=0,
+                                 doc="synthetic: training images per class (0: the benchmark's 60)")
+    max_per_source: int = spec(int, lo=0, default=0, doc="cifar: cap images per CIFAR-10/100; 0 = no cap")
     points_per_class: int = spec(int, lo=0, default=400, doc="moons: points per class (thesis: 400)")
     data_cache: str = spec(str, default="")
     num_threads: int = spec(int, lo=0, default=0)
@@ -347,6 +371,7 @@ class PUClassificationConfig:
             raise ValueError(
                 f"{cls}: data must be 'synthetic', 'moons' or 'cifar:PATH' for PU classification, got {self.data!r}"
             )
+        _fill_synthetic_sizes(self, STUDY_SIZES["classification"])
         _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")

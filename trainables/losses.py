@@ -12,7 +12,6 @@ multiplied by the weight of its observed class and the sum is divided by the sum
 from __future__ import annotations
 
 from collections.abc import Sequence
-from numbers import Real
 
 import numpy as np
 import torch
@@ -20,29 +19,19 @@ import torch.nn.functional as F
 from torch import nn
 
 from trainables.data.base import IGNORE_INDEX
+from trainables.loss_table import LOSSES, PARAMETERS, parameter_names
 
 ClassWeights = torch.Tensor | Sequence[float] | np.ndarray | None
 
-LOSS_PARAMS: dict[str, tuple[str, ...]] = {
-    "ce": (),
-    "weighted_neg": ("q",),
-    "sigmoidal_neg": (),
-    "bootstrap_neg": ("beta",),
-    "focal": ("gamma",),
-    "nnpu": ("prior",),
-}
+# Loss name -> the parameters make_loss needs for it, read from the one table in trainables.loss_table.
+LOSS_PARAMS: dict[str, tuple[str, ...]] = {name: parameter_names(name) for name in LOSSES}
 
 
-def _check_param(name: str, value: object, low: float, high: float, low_open: bool, high_open: bool) -> float:
-    inside = (
-        not isinstance(value, bool)
-        and isinstance(value, Real)
-        and (low < value if low_open else low <= value)
-        and (value < high if high_open else value <= high)
-    )
-    if not inside:
-        interval = f"{'(' if low_open else '['}{low}, {high}{')' if high_open else ']'}"
-        raise ValueError(f"{name} must be a number in {interval}, got {value!r}")
+def _check_param(name: str, value: object) -> float:
+    """``value`` as a float, if it lies in parameter ``name``'s interval of the loss table."""
+    parameter = PARAMETERS[name]
+    if not parameter.contains(value):
+        raise ValueError(f"{name} must be a number in {parameter.interval}, got {value!r}")
     return float(value)
 
 
@@ -126,7 +115,7 @@ class WeightedNegativeLoss(_NegativeClassLoss):
 
     def __init__(self, q: float, class_weights: ClassWeights = None, ignore_index: int = IGNORE_INDEX):
         super().__init__(class_weights, ignore_index)
-        self.q = _check_param("q", q, 0.0, 1.0, low_open=True, high_open=False)
+        self.q = _check_param("q", q)
 
     def negative_loss(self, log_p: torch.Tensor) -> torch.Tensor:
         return -self.q * log_p[:, 0]
@@ -146,7 +135,7 @@ class BootstrapNegativeLoss(_NegativeClassLoss):
 
     def __init__(self, beta: float, class_weights: ClassWeights = None, ignore_index: int = IGNORE_INDEX):
         super().__init__(class_weights, ignore_index)
-        self.beta = _check_param("beta", beta, 0.0, 1.0, low_open=False, high_open=False)
+        self.beta = _check_param("beta", beta)
 
     def negative_loss(self, log_p: torch.Tensor) -> torch.Tensor:
         predicted = log_p.detach().argmax(dim=1, keepdim=True)
@@ -159,7 +148,7 @@ class FocalLoss(_NegativeClassLoss):
 
     def __init__(self, gamma: float, class_weights: ClassWeights = None, ignore_index: int = IGNORE_INDEX):
         super().__init__(class_weights, ignore_index)
-        self.gamma = _check_param("gamma", gamma, 0.0, float("inf"), low_open=False, high_open=True)
+        self.gamma = _check_param("gamma", gamma)
 
     def element_loss(self, log_p: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         log_p_y = log_p.gather(1, target[:, None])[:, 0]
@@ -191,7 +180,7 @@ class NNPULoss(nn.Module):
         super().__init__()
         if class_weights is not None:
             raise ValueError("class_weights are not supported by nnpu: the class prior already balances the risk")
-        self.prior = _check_param("prior", prior, 0.0, 1.0, low_open=True, high_open=True)
+        self.prior = _check_param("prior", prior)
         self.ignore_index = ignore_index
 
     def forward(self, logits: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
