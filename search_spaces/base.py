@@ -3,7 +3,13 @@
 A preset is data: the trainable it runs, its conditions (condition name -> config overrides), the
 config every trial shares, the smoke-size overrides CI runs, its folds and seeds, and optionally an
 Optuna define-by-run space with a scheduler. :meth:`Preset.trial_configs` expands the grid into flat
-configs and validates every one of them, so a bad preset fails before Ray starts.
+configs, each resolved to every field's concrete value and validated, so a bad preset fails before Ray
+starts and ``study/run.py --print-configs`` shows exactly what each trial receives.
+
+A trial's values come from, in order: the config dataclass's defaults (the synthetic benchmark's
+recommendations, ``trainables.config``), ``SEGMENTATION_DEFAULTS`` for the data kind, the preset's
+``base``, the smoke size (``SEGMENTATION_SMOKE`` / ``PU_SMOKE``), the caller's overrides (the study's
+cache folders), the condition, and the trial's identity (condition, fold, seed).
 
 Hyperparameters follow Google's tuning playbook labels: noise rates and the loss are *scientific* (the
 grid or the search's subject), q/beta/gamma/prior, warmup and learning rate are *nuisance* (tuned per
@@ -17,29 +23,29 @@ from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
 from trainables.config import PretrainFinetuneConfig, PUClassificationConfig, parse_data
-from trainables.data.synthetic import RECOMMENDED_EPOCHS, RECOMMENDED_OPTIM
 
 TRAINABLE_CONFIGS = {
     "pretrain_finetune": PretrainFinetuneConfig,
     "pu_classification": PUClassificationConfig,
 }
 
-# Fixed hyperparameters per data kind (segmentation). Synthetic: measured with
-# benchmarks/transfer_sanity.py. VOC: FCN-AlexNet with SGD, epochs scaled from the thesis's 240k/12k
+# Per data kind, what segmentation presets run where it differs from PretrainFinetuneConfig's defaults.
+# Synthetic: nothing (those defaults are the synthetic benchmark's recommendations, measured with
+# benchmarks/transfer_sanity.py). VOC: FCN-AlexNet with SGD, epochs scaled from the thesis's 240k/12k
 # iterations at batch size 1 to ~4000 images at batch size 20.
 SEGMENTATION_DEFAULTS = {
-    "synthetic": {"model": "small_fcn", "epochs_pretrain": RECOMMENDED_EPOCHS["pretrain"],
-                  "epochs_finetune": RECOMMENDED_EPOCHS["finetune"], "optimizer": RECOMMENDED_OPTIM["optimizer"],
-                  "lr_pretrain": RECOMMENDED_OPTIM["lr"], "lr_finetune": RECOMMENDED_OPTIM["lr"],
-                  "weight_decay": RECOMMENDED_OPTIM["weight_decay"], "batch_size": RECOMMENDED_OPTIM["batch_size"]},
+    "synthetic": {},
     "voc": {"model": "fcn_alexnet", "epochs_pretrain": 60, "epochs_finetune": 40, "optimizer": "sgd",
             "lr_pretrain": 1e-3, "lr_finetune": 1e-3, "momentum": 0.9, "batch_size": 20},
 }
-# Smoke size: tiny data, one epoch per phase. Runs every preset end to end in seconds.
+# Smoke size: tiny data, one epoch per phase. Runs every preset end to end in seconds; the tests'
+# tiny configs are this size too (tests/conftest.py takes them from smoke_config).
 SEGMENTATION_SMOKE = {"image_size": 32, "images_per_class": 3, "finetune_train_per_class": 2,
                       "epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 16, "width": 8}
 PU_SMOKE = {"epochs": 1, "images_per_class": 4, "max_per_source": 64, "points_per_class": 40,
             "batch_size": 64}
+# Trials the searcher draws in a --smoke run of a search preset (unless --num-samples says otherwise).
+SMOKE_SAMPLES = 4
 
 # define-by-run: space(optuna_trial, constants) suggests parameters, may return extra constants
 SpaceFunction = Callable[[Any, Mapping[str, Any]], Mapping[str, Any] | None]
@@ -107,42 +113,60 @@ class Preset:
     def trial_configs(self, data: str, *, folds: tuple[int, ...] | None = None, seeds: int | None = None,
                       smoke: bool = False, imagenet_weights: str = "",
                       overrides: Mapping[str, Any] | None = None) -> list[dict[str, Any]]:
-        """Every trial of a grid preset as a validated flat config (condition x fold x seed).
+        """Every trial of a grid preset as a resolved flat config (condition x fold x seed).
 
-        For a search preset, the configs of the constant part with one example draw are validated by
-        :meth:`validate_search`, and this returns the constant configs (one per fold x seed).
+        Each config holds every field of the trainable's config with a concrete value: what the trial
+        receives, validated now rather than in a trial. For a search preset these are the constant
+        configs (one per fold x seed), onto which the searcher's draws go; see :func:`validate_search`.
         """
         folds = tuple(folds or (self.folds[:1] if smoke else self.folds)) if self.uses_folds else (None,)
         seeds = seeds or (1 if smoke else self.seeds)
         base = {**self.defaults(data, smoke), **(overrides or {})}
         names = self.condition_names(smoke, imagenet_weights) if self.conditions else [""]
-        configs = []
-        for name in names:
-            condition = dict(self.conditions.get(name, {}))
-            if condition.get("init") == "imagenet":
-                condition["imagenet_weights"] = imagenet_weights
-            for fold in folds:
-                for seed in range(seeds):
-                    config = {**base, **condition, "condition": name or self.name, "seed": seed}
-                    if smoke:  # one epoch per phase: the main loss, not its warmup, is what smoke runs
-                        config["warmup_epochs"] = 0
-                    if fold is not None:
-                        config["fold"] = fold
-                    TRAINABLE_CONFIGS[self.trainable].from_dict(config)  # validate now, not in a trial
-                    configs.append(config)
-        return configs
+        return [self._resolve(base, name, fold, seed, smoke, imagenet_weights)
+                for name in names for fold in folds for seed in range(seeds)]
+
+    def _resolve(self, base: Mapping[str, Any], name: str, fold: int | None, seed: int, smoke: bool,
+                 imagenet_weights: str) -> dict[str, Any]:
+        """One trial's complete config: ``base``, then its condition, then its identity."""
+        condition = dict(self.conditions.get(name, {}))
+        if condition.get("init") == "imagenet":
+            condition["imagenet_weights"] = imagenet_weights
+        config = {**base, **condition, "condition": name or self.name, "seed": seed}
+        if smoke:  # one epoch per phase: the main loss, not its warmup, is what smoke runs
+            config["warmup_epochs"] = 0
+        if fold is not None:
+            config["fold"] = fold
+        return TRAINABLE_CONFIGS[self.trainable].from_dict(config).to_dict()
+
+    def search_samples(self, smoke: bool, requested: int | None = None) -> int:
+        """Trials a search preset's searcher draws: ``--num-samples``, else the smoke or full count."""
+        return requested or (SMOKE_SAMPLES if smoke else self.num_samples)
 
 
-def validate_search(preset: Preset, constants: Mapping[str, Any], draws: int = 20, seed: int = 0) -> None:
+def smoke_config(trainable: str, data: str = "synthetic") -> dict[str, Any]:
+    """The resolved config of a smoke trial of a preset that adds nothing of its own: the tiny size
+    every ``--smoke`` study runs at, as the tests' fixtures use it."""
+    preset = Preset(name="smoke", description="smoke size", trainable=trainable, data_kinds=(parse_data(data)[0],))
+    return preset.trial_configs(data, smoke=True)[0]
+
+
+def validate_search(preset: Preset, constants: Mapping[str, Any], draws: int = 20, seed: int = 0) -> tuple[str, ...]:
     """Draw ``draws`` samples from the preset's define-by-run space with Optuna's random sampler and
-    validate each full config, so a space that can produce an invalid trial fails before Ray starts."""
+    validate each full config, so a space that can produce an invalid trial fails before Ray starts.
+
+    Returns the config keys the draws set (the searched parameters), in the order first drawn.
+    """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), direction=preset.mode == "max"
                                 and "maximize" or "minimize")
+    searched: dict[str, None] = {}
     for _ in range(draws):
         trial = study.ask()
         extra = preset.optuna_space(trial, constants) or {}
         TRAINABLE_CONFIGS[preset.trainable].from_dict({**constants, **trial.params, **extra})
+        searched.update(dict.fromkeys([*trial.params, *extra]))
         study.tell(trial, 0.0)
+    return tuple(searched)

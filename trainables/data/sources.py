@@ -41,15 +41,9 @@ def load_source(cfg: PretrainFinetuneConfig, split: str) -> tuple[SegmentationDa
     kind, root = parse_data(cfg.data)
     cache_dir = cfg.data_cache or None
     if kind == "synthetic":
-        from trainables.data.synthetic import SYNTHETIC_CLASSES, SyntheticConfig, load_synthetic_segmentation
+        from trainables.data.synthetic import SYNTHETIC_CLASSES, load_synthetic_segmentation, study_split_config
 
-        overrides = {"image_size": cfg.image_size, "images_per_class": cfg.images_per_class}
-        synthetic = SyntheticConfig(**{k: v for k, v in overrides.items() if v})
-        if cfg.images_per_class:  # keep val/test no larger than train in small (smoke) configurations
-            synthetic = SyntheticConfig(
-                **{**synthetic.__dict__, "val_per_class": min(synthetic.val_per_class, cfg.images_per_class),
-                   "test_per_class": min(synthetic.test_per_class, cfg.images_per_class)}
-            )
+        synthetic = study_split_config(cfg.image_size, cfg.images_per_class)
         return load_synthetic_segmentation(split, synthetic, cache_dir), ("background",) + SYNTHETIC_CLASSES
     from trainables.data.voc import load_voc_segmentation
 
@@ -130,9 +124,8 @@ def load_task_data(cfg: PretrainFinetuneConfig) -> TaskData:
         return task_view(data, cfg.fold, task, names)
 
     finetune_train = view("train", "finetune")
-    cap = cfg.finetune_train_per_class or _default_finetune_cap(cfg)
-    if cap:
-        finetune_train = subsample_per_class(finetune_train, cap, cfg.seed)
+    if cfg.finetune_train_per_class:  # 0 (VOC): every image; synthetic configs always hold their cap
+        finetune_train = subsample_per_class(finetune_train, cfg.finetune_train_per_class, cfg.seed)
     finetune = {"finetune_train": SegmentationDataset(finetune_train),
                 "finetune_test": SegmentationDataset(view("test", "finetune"))}
     if not cfg.pretrains:
@@ -149,11 +142,3 @@ def load_task_data(cfg: PretrainFinetuneConfig) -> TaskData:
         pretrain_test=SegmentationDataset(view("test", "pretrain"), label_transform=transform,
                                           num_classes=num_pretrain),
     )
-
-
-def _default_finetune_cap(cfg: PretrainFinetuneConfig) -> int:
-    if parse_data(cfg.data)[0] == "synthetic":
-        from trainables.data.synthetic import RECOMMENDED_FINETUNE_PER_CLASS
-
-        return RECOMMENDED_FINETUNE_PER_CLASS
-    return 0

@@ -42,7 +42,9 @@ SPLITS = ("train", "val", "test")
 CACHE_ENV = "NOISY_TRANSFER_CACHE"
 # Bump when the drawing code changes, so stale caches are never read as the new benchmark.
 GENERATOR_VERSION = 2
-# Defaults the study uses with this benchmark, measured with benchmarks/transfer_sanity.py.
+# What a study runs on this benchmark, measured with benchmarks/transfer_sanity.py. The one home of
+# these numbers: trainables.config takes its segmentation defaults from them, so a config built with no
+# arguments is what the synthetic presets run.
 RECOMMENDED_EPOCHS = {"pretrain": 15, "finetune": 20}
 # "adam" is AdamW (decoupled weight decay), cosine-annealed over each phase's epochs.
 RECOMMENDED_OPTIM = {"optimizer": "adam", "lr": 3e-3, "weight_decay": 1e-4, "batch_size": 32}
@@ -131,6 +133,24 @@ class SyntheticConfig:
         return {"train": self.images_per_class, "val": self.val_per_class, "test": self.test_per_class}[
             _check_split(split)
         ]
+
+
+# What a trial config's size fields hold on this benchmark when left at 0 ("the data source's default"):
+# trainables.config fills them in when a config is built, so trainables read concrete sizes only.
+STUDY_SIZES = {
+    "segmentation": {"image_size": SyntheticConfig.image_size,
+                     "images_per_class": SyntheticConfig.images_per_class,
+                     "finetune_train_per_class": RECOMMENDED_FINETUNE_PER_CLASS},
+    "classification": {"images_per_class": SyntheticConfig.images_per_class},  # at 32 px, see pu_classification
+}
+
+
+def study_split_config(image_size: int, images_per_class: int) -> SyntheticConfig:
+    """The benchmark a trial config with these sizes draws: validation and test splits keep their default
+    sizes but never exceed the training split's (small, smoke-size configs stay small throughout)."""
+    return SyntheticConfig(image_size=image_size, images_per_class=images_per_class,
+                           val_per_class=min(SyntheticConfig.val_per_class, images_per_class),
+                           test_per_class=min(SyntheticConfig.test_per_class, images_per_class))
 
 
 def _check_split(split: str) -> str:
