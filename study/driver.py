@@ -46,40 +46,16 @@ def trainable_function(name: str) -> Any:
     return getattr(importlib.import_module(module), attribute)
 
 
-def grid_param_space(configs: list[dict[str, Any]], config_cls: type) -> dict[str, Any]:
-    """A flat Ray param space whose grid over (condition, fold, seed) yields exactly ``configs``.
+def grid_param_space(configs: list[dict[str, Any]]) -> dict[str, Any]:
+    """A Ray param space whose grid is the list of resolved trial configs itself: trial i gets
+    ``configs[i]``, flat (one column per key in MLflow and parquet), nothing recomputed inside Ray.
 
-    Values that differ between conditions are looked up from the condition with ``tune.sample_from``,
-    so every trial's config stays flat (one column per key in MLflow and parquet).
+    Ray's variant generator treats a ``grid_search`` at the top of the param space like one anywhere
+    else: each of its values becomes a whole trial config.
     """
     from ray import tune
 
-    full = [config_cls.from_dict(c).to_dict() for c in configs]
-    per_condition: dict[str, dict[str, Any]] = {}
-    for config in full:
-        per_condition.setdefault(config["condition"], config)
-    grid_keys = [k for k in ("condition", "fold", "seed") if k in full[0]]
-    space: dict[str, Any] = {}
-    for key in full[0]:
-        if key in grid_keys:
-            space[key] = tune.grid_search(list(dict.fromkeys(c[key] for c in full)))
-            continue
-        values = {name: c[key] for name, c in per_condition.items()}
-        if len({json.dumps(v) for v in values.values()}) == 1:
-            space[key] = next(iter(values.values()))
-        else:
-            space[key] = tune.sample_from(ConditionValue(key, values))
-    return space
-
-
-class ConditionValue:
-    """``tune.sample_from`` callable: the value of one config key for the trial's condition."""
-
-    def __init__(self, key: str, values: dict[str, Any]) -> None:
-        self.key, self.values = key, values
-
-    def __call__(self, config: Any) -> Any:
-        return self.values[config["condition"]]
+    return tune.grid_search([dict(config) for config in configs])
 
 
 class ResumableOptunaSearch(OptunaSearch):
@@ -286,7 +262,7 @@ def run_study(spec: StudySpec) -> Path:
                 num_samples=spec.num_samples or (4 if spec.smoke else preset.num_samples),
             )
         else:
-            param_space = grid_param_space(configs, config_cls)
+            param_space = grid_param_space(configs)
             tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode,
                                           max_concurrent_trials=spec.max_concurrent or None)
         # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
