@@ -7,7 +7,8 @@ from typing import Sequence
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, validate, run. A bad value is one line on stderr and exit code 2, before Ray starts."""
+    """Parse, validate, run (or, with ``--print-configs``, print what would run). A bad value is one line
+    on stderr and exit code 2, before Ray starts."""
     from study.spec import StudyError, list_presets, parse_spec
     from study.lock import StudyLocked
 
@@ -15,6 +16,11 @@ def main(argv: Sequence[str] | None = None) -> int:
         spec = parse_spec(argv)
         if spec is None:
             print(list_presets())
+            return 0
+        if spec.print_configs:
+            from study.show import trial_configs_text
+
+            print(trial_configs_text(spec))
             return 0
         from study.driver import run_study
 

@@ -43,6 +43,7 @@ class StudySpec:
     imagenet_weights: str
     smoke: bool
     resume: bool
+    print_configs: bool = False  # print the resolved trial configs and exit, without Ray
 
     @property
     def study_dir(self) -> Path:
@@ -56,8 +57,14 @@ class StudySpec:
     def preset_obj(self) -> Preset:
         return get_preset(self.preset)
 
+    @property
+    def search_samples(self) -> int:
+        """Trials the searcher draws for a search preset (``--num-samples``, else the preset's count)."""
+        return self.preset_obj.search_samples(self.smoke, self.num_samples)
+
     def trial_configs(self) -> list[dict[str, Any]]:
-        """The validated configs of a grid preset, or the constant config(s) of a search preset."""
+        """The resolved configs of a grid preset's trials (every field concrete, as each trial receives
+        it), or the constant config(s) of a search preset."""
         preset = self.preset_obj
         overrides = {"data_cache": str(self.output / ".cache" / "data")}
         if preset.trainable == "pretrain_finetune":
@@ -109,6 +116,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch per phase, minimal grid")
     parser.add_argument("--resume", action="store_true", help="continue the study in its folder")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--print-configs", action="store_true",
+                        help="print every trial's resolved config and exit (starts no Ray, writes nothing)")
     return parser
 
 
@@ -174,6 +183,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         imagenet_weights=str(Path(args.imagenet_weights).resolve()) if args.imagenet_weights else "",
         smoke=args.smoke,
         resume=args.resume,
+        print_configs=args.print_configs,
     )
     spec.trial_configs()  # validate every trial now
     return spec

@@ -9,20 +9,14 @@ from pathlib import Path
 
 import pytest
 
+from search_spaces.base import smoke_config
 from trainables.config import PretrainFinetuneConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
 
-# 32x32 images, 3 per class and split: a whole trial takes about a second per epoch on one core.
-TINY = {
-    "image_size": 32,
-    "images_per_class": 3,
-    "finetune_train_per_class": 2,
-    "width": 8,
-    "batch_size": 16,
-    "epochs_pretrain": 1,
-    "epochs_finetune": 1,
-}
+# The config of a segmentation preset's --smoke trial (search_spaces.base's smoke size on synthetic data,
+# 32x32 images, 3 per class and split): a whole trial takes about a second per epoch on one core.
+TINY = smoke_config("pretrain_finetune")
 
 
 @pytest.fixture(scope="session")
