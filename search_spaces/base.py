@@ -152,21 +152,43 @@ def smoke_config(trainable: str, data: str = "synthetic") -> dict[str, Any]:
 
 
 def validate_search(preset: Preset, constants: Mapping[str, Any], draws: int = 20, seed: int = 0) -> tuple[str, ...]:
-    """Draw ``draws`` samples from the preset's define-by-run space with Optuna's random sampler and
-    validate each full config, so a space that can produce an invalid trial fails before Ray starts.
+    """Draw samples from the preset's define-by-run space with Optuna's random sampler and validate each
+    full config, so a space that can produce an invalid trial fails before Ray starts.
 
+    ``draws`` random samples first, then one more for every choice of a categorical parameter they did
+    not draw (every loss, say), so each branch of the space is validated whatever the random draws hit.
     Returns the config keys the draws set (the searched parameters), in the order first drawn.
     """
     import optuna
 
     optuna.logging.set_verbosity(optuna.logging.WARNING)
-    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), direction=preset.mode == "max"
-                                and "maximize" or "minimize")
+    direction = "maximize" if preset.mode == "max" else "minimize"
+    study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), direction=direction)
     searched: dict[str, None] = {}
-    for _ in range(draws):
-        trial = study.ask()
-        extra = preset.optuna_space(trial, constants) or {}
-        TRAINABLE_CONFIGS[preset.trainable].from_dict({**constants, **trial.params, **extra})
-        searched.update(dict.fromkeys([*trial.params, *extra]))
-        study.tell(trial, 0.0)
+    trials = [_validated_draw(preset, constants, study, searched) for _ in range(draws)]
+    for name, choice in _undrawn_choices(trials):
+        study.enqueue_trial({name: choice})
+        _validated_draw(preset, constants, study, searched)
     return tuple(searched)
+
+
+def _validated_draw(preset: Preset, constants: Mapping[str, Any], study: Any, searched: dict[str, None]) -> Any:
+    """Ask ``study`` for one draw of the preset's space, validate the trial config, note its keys."""
+    trial = study.ask()
+    extra = preset.optuna_space(trial, constants) or {}
+    TRAINABLE_CONFIGS[preset.trainable].from_dict({**constants, **trial.params, **extra})
+    searched.update(dict.fromkeys([*trial.params, *extra]))
+    study.tell(trial, 0.0)
+    return study.trials[-1]
+
+
+def _undrawn_choices(trials: list[Any]) -> list[tuple[str, Any]]:
+    """(parameter, choice) of every categorical choice that none of the finished ``trials`` drew."""
+    import optuna
+
+    drawn: dict[str, tuple[tuple[Any, ...], set[Any]]] = {}
+    for trial in trials:
+        for name, distribution in trial.distributions.items():
+            if isinstance(distribution, optuna.distributions.CategoricalDistribution):
+                drawn.setdefault(name, (distribution.choices, set()))[1].add(trial.params[name])
+    return [(name, choice) for name, (choices, seen) in drawn.items() for choice in choices if choice not in seen]
