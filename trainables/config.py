@@ -12,7 +12,8 @@ Where a trial's values come from, one layer each (later layers override earlier 
 2. the field defaults here, taken from (1): a config built with no arguments is what a synthetic preset
    runs, and a size left at 0 on synthetic data is filled in at construction, so a built config holds
    concrete values only (:func:`_fill_synthetic_sizes`);
-3. per data kind and smoke size: ``search_spaces.base`` (``DATA_DEFAULTS``, ``SMOKE``);
+3. per data kind and smoke size: ``search_spaces.base`` (``SEGMENTATION_DEFAULTS``, ``SEGMENTATION_SMOKE``,
+   ``PU_SMOKE``);
 4. the preset's shared ``base`` and its conditions: ``search_spaces/<preset>.py``;
 5. where things live (data and pre-training caches): ``study.spec``.
 
