@@ -8,7 +8,8 @@ and the keys Optuna draws per trial.
 
 from __future__ import annotations
 
-from typing import Any, Mapping, Sequence
+from collections.abc import Mapping, Sequence
+from typing import Any
 
 from study.spec import StudySpec
 
@@ -53,9 +54,9 @@ def trial_configs_text(spec: StudySpec) -> str:
         drawn = validate_search(preset, configs[0])
         searched = [key for key in configs[0] if key in drawn]  # in config order, as the table is
         differ, same = split_keys(configs[:1], hidden=searched)
-        lines = [f"{title}: {spec.search_samples} trials drawn by Optuna ({spec.sampler}), each this "
-                 "config with the searched keys drawn per trial", "",
-                 f"searched per trial: {', '.join(searched)}", "", *table(configs[:1], differ)]
+        summary = (f"{title}: {spec.search_samples} trials drawn by Optuna ({spec.sampler}), each this config "
+                   "with the searched keys drawn per trial")
+        lines = [summary, "", f"searched per trial: {', '.join(searched)}", "", *table(configs[:1], differ)]
     else:
         differ, same = split_keys(configs)
         counts = {key: len({format_value(c[key]) for c in configs}) for key in IDENTITY if key in configs[0]}

@@ -15,7 +15,13 @@ import pytest
 from search_spaces import PRESETS
 from search_spaces.search import space
 from trainables.config import PretrainFinetuneConfig, PUClassificationConfig
-from trainables.loss_table import LOSS_NAMES, LOSSES, PARAMETERS, losses_using, parameter_names
+from trainables.loss_table import (
+    LOSS_NAMES,
+    LOSSES,
+    PARAMETERS,
+    losses_using,
+    parameter_names,
+)
 from trainables.losses import LOSS_PARAMS, make_loss
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -97,8 +103,8 @@ def test_every_search_range_lies_inside_its_interval():
 
 
 def test_the_table_imports_without_torch():
-    done = subprocess.run([sys.executable, "-c", "import sys, trainables.loss_table; "
-                           "assert 'torch' not in sys.modules, 'torch imported'"], cwd=ROOT, capture_output=True,
-                          text=True, timeout=120)
+    script = "import sys, trainables.loss_table; assert 'torch' not in sys.modules, 'torch imported'"
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          check=False)
     assert done.returncode == 0, done.stderr[-2000:]
 

@@ -127,7 +127,8 @@ def test_printing_every_preset_never_imports_ray(tmp_path):
         "assert codes == [0] * len(codes), codes\n"
         "assert 'ray' not in sys.modules, 'ray was imported'\n"
     )
-    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300)
+    done = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=300,
+                          check=False)
     assert done.returncode == 0, done.stderr[-3000:]
     assert not (tmp_path / "out").exists()
 
