@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import trainables.pretrain_finetune as pf
+from trainables.checkpoint import Checkpoint
 from trainables.config import PretrainFinetuneConfig
 from trainables.pretrain_cache import PretrainCache
 from trainables.pretrain_finetune import PRETRAIN_TEST_METRICS, REPORT_KEYS, run
@@ -234,6 +235,40 @@ def test_load_state_refuses_pickled_objects(tmp_path):
     save_state({"model": Path("/etc")}, tmp_path)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / STATE_FILE))):
         load_state(tmp_path)
+
+
+def test_every_checkpoint_state_is_a_checkpoint_dict_that_round_trips(uninterrupted):
+    _, full, _ = uninterrupted
+    checkpoints = [Checkpoint.from_dict(state) for state in full.states]
+    assert [c.kind for c in checkpoints] == ["pretrain", "pretrain finished", "finetune", "finetune"]
+    assert all(c.to_dict().keys() == state.keys() for c, state in zip(checkpoints, full.states))
+    assert checkpoints[1].model is None and checkpoints[1].features is not None  # g only, once pre-trained
+
+
+def test_initial_features_is_complete_on_every_path(tiny_cfg, tmp_path):
+    from trainables.data.sources import load_task_data
+
+    cfg = tiny_cfg(epochs_pretrain=1, epochs_finetune=1, pretrain_cache=str(tmp_path / "cache"))
+    data, cpu = load_task_data(cfg), torch.device("cpu")
+    report = Collector()
+    fresh = pf.initial_features(cfg, data, report, None, cpu)
+    hit = pf.initial_features(cfg, data, report, None, cpu)
+    finished = Checkpoint.from_dict(report.states[0])
+    resumed = pf.initial_features(cfg, data, report, finished, cpu)
+    random = pf.initial_features(tiny_cfg(init="random"), data, report, None, cpu)
+    assert [m["pretrain/cache_hit"] for m in report.metrics] == [0, 1]  # trained once, then replayed
+    assert [(i.source, i.cache_hit, i.pretrain_epochs) for i in (fresh, hit, resumed, random)] == [
+        ("pretrained", False, 1), ("cache", True, 1), ("checkpoint", False, 1), ("random", False, 0)]
+    for init in (fresh, hit, resumed):
+        assert_same_weights(init.features, fresh.features)
+        assert set(init.samples) == {"images", "clean", "prediction", "noisy"}
+    assert (random.features, random.samples) == (None, {})
+
+    # A fine-tuning checkpoint holds the whole model: nothing to transfer, the samples it kept.
+    run(cfg, (tuned := Collector()))
+    from_finetune = pf.initial_features(cfg, data, report, Checkpoint.from_dict(tuned.last_state), cpu)
+    assert (from_finetune.source, from_finetune.features, from_finetune.cache_hit) == ("checkpoint", None, True)
+    assert set(from_finetune.samples) == set(fresh.samples)
 
 
 # --- the pre-training cache -----------------------------------------------------------------------
