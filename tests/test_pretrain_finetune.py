@@ -135,13 +135,19 @@ def test_reports_have_the_documented_keys_and_values(tiny_cfg):
 
 
 def test_eval_interval_scores_the_last_epoch_and_every_interval_back(tiny_cfg):
+    # eval_interval=2 over 5 epochs: epochs 5, 3 and 1 are evaluated; 2 and 4 report NaN test scores.
     report = Collector()
-    run(tiny_cfg(init="random", epochs_finetune=3, eval_interval=2), report)
-    first, second, third = (m["finetune/test_mean_iu"] for m in report.metrics)
-    assert second == first  # epoch 2 is not evaluated: it repeats epoch 1's score
-    assert report.metrics[1]["objective"] == first
-    assert report.metrics[2]["objective"] == pytest.approx((first + third) / 2, rel=1e-12)
-    assert len(report.last_state["evals"]) == 2
+    run(tiny_cfg(init="random", epochs_finetune=5, eval_interval=2, objective_last_k=2), report)
+    scores = [[m[key] for key in pf.FINETUNE_TEST_METRICS] for m in report.metrics]
+    assert [all(math.isnan(v) for v in row) for row in scores] == [False, True, False, True, False]
+    assert all(math.isfinite(v) for row in scores[0::2] for v in row)
+    first, third, fifth = (report.metrics[e]["finetune/test_mean_iu"] for e in (0, 2, 4))
+    # The mean of the last 2 evaluations, never of repeated rows.
+    assert [m["objective"] for m in report.metrics] == pytest.approx(
+        [first, first, (first + third) / 2, (first + third) / 2, (third + fifth) / 2], rel=1e-12, abs=0)
+    evals = report.last_state["evals"]
+    assert [e["finetune/test_mean_iu"] for e in evals] == [first, third, fifth]
+    assert all(m["epoch_total"] == e for e, m in enumerate(report.metrics, start=1))
 
 
 def test_random_init_does_no_pretraining(tiny_cfg, tmp_path, count_epochs):

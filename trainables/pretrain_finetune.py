@@ -30,9 +30,10 @@ Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.re
                             ``test_fw_iu`` (thesis Table 3)
 ``finetune/train_loss``     mean training loss of the epoch (fine-tuning)
 ``finetune/test_mean_iu``   fine-tuning test mean IU (also ``test_mean_acc``, ``test_pixel_acc``,
-                            ``test_fw_iu``), from the latest evaluation
+                            ``test_fw_iu``) of this epoch; NaN on an epoch that was not evaluated
+                            (``eval_interval`` > 1); the last epoch always is
 ``objective``               what a study optimises: the mean of the last ``objective_last_k``
-                            fine-tuning test mean IUs (thesis 5.1 averages the last 5 snapshots);
+                            evaluations' test mean IUs (thesis 5.1 averages the last 5 snapshots);
                             NaN in pre-training reports, so no scheduler or searcher compares a
                             pre-training number with a fine-tuning one
 ==========================  ===================================================================
@@ -292,8 +293,9 @@ def finetune(
 
 def _finetune_metrics(cfg: PretrainFinetuneConfig, result: EpochResult, evals: list[dict[str, float]],
                       init: InitialFeatures) -> dict[str, Any]:
-    """A fine-tuning report: the epoch's training loss, the latest test scores and the objective."""
-    latest = evals[-1] if evals else dict.fromkeys(FINETUNE_TEST_METRICS, math.nan)
+    """A fine-tuning report: the epoch's training loss, its test scores (NaN on an epoch that was not
+    evaluated, so no curve or average counts a score twice) and the objective."""
+    latest = evals[-1] if "test" in result.scores else dict.fromkeys(FINETUNE_TEST_METRICS, math.nan)
     return {
         "phase": "finetune",
         "finetune/epoch": result.epoch,
