@@ -70,8 +70,9 @@ def expected_values(study: Study, key: str) -> list:
 
 
 def finetune_tail(study: Study, metric: str = TABLE1_METRIC, last: int = LAST_EPOCHS) -> pd.DataFrame:
-    """The values thesis 5.1 averages: ``metric`` on the last ``last`` fine-tuning epochs of every
-    finished trial (history rows; NaNs, e.g. epochs before a first evaluation, dropped).
+    """The values thesis 5.1 averages: ``metric`` on the last ``last`` evaluated fine-tuning epochs of
+    every finished trial (history rows; NaNs, epochs not evaluated under ``eval_interval`` > 1, are
+    dropped before the last ``last`` are taken, so the tail holds ``last`` evaluations).
 
     Returns columns trial_id, condition, fold, seed, epoch, value (one row per kept epoch).
     """
@@ -81,8 +82,9 @@ def finetune_tail(study: Study, metric: str = TABLE1_METRIC, last: int = LAST_EP
         return pd.DataFrame(columns=["trial_id", *keys, "epoch", "value"])
     rows = rows[["trial_id", "epoch", metric]].rename(columns={metric: "value"})
     rows = rows.merge(finished_trials(study)[["trial_id", *keys]], on="trial_id")
+    rows = rows.dropna(subset=["value"])
     tail = rows.sort_values(["trial_id", "epoch"], kind="stable").groupby("trial_id").tail(last)
-    return tail.dropna(subset=["value"])[["trial_id", *keys, "epoch", "value"]].reset_index(drop=True)
+    return tail[["trial_id", *keys, "epoch", "value"]].reset_index(drop=True)
 
 
 def trial_last_values(study: Study, metrics: Sequence[str]) -> pd.DataFrame:

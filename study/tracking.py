@@ -23,6 +23,7 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.spec import Secrets
+from trainables.checkpoint import Checkpoint
 from trainables.runtime import load_state
 
 # Keys of a trial's report that are metrics (identical names in MLflow and parquet). Ray's own
@@ -194,18 +195,21 @@ class MLflowTrials(tune.Callback):
 
 
 def write_state_artifacts(state: Mapping[str, Any], folder: Path) -> None:
-    """The human-facing artifacts a final checkpoint state carries, written into ``folder``."""
-    if "confusion" in state:
-        matrix = np.asarray(state["confusion"]).tolist()
+    """The human-facing artifacts a final checkpoint state (a :class:`Checkpoint` dict) carries, written
+    into ``folder``: confusion.json, samples.png / pretrain_samples.png, boundary.npz."""
+    checkpoint = Checkpoint.from_dict(state)
+    if checkpoint.confusion is not None:
+        matrix = np.asarray(checkpoint.confusion).tolist()
         (folder / "confusion.json").write_text(json.dumps({"rows": "ground truth", "columns": "prediction",
                                                            "matrix": matrix}))
     from study.figures import render_samples
 
-    for key in ("samples", "pretrain_samples"):  # fine-tuning test predictions; noisy pre-training labels
-        if state.get(key):
-            render_samples({k: np.asarray(v) for k, v in state[key].items()}, folder / f"{key}.png")
-    if "boundary" in state:
-        np.savez_compressed(folder / "boundary.npz", **{k: np.asarray(v) for k, v in state["boundary"].items()})
+    # fine-tuning test predictions; noisy pre-training labels
+    for name, samples in (("samples", checkpoint.samples), ("pretrain_samples", checkpoint.pretrain_samples)):
+        if samples:
+            render_samples({k: np.asarray(v) for k, v in samples.items()}, folder / f"{name}.png")
+    if checkpoint.boundary is not None:
+        np.savez_compressed(folder / "boundary.npz", **{k: np.asarray(v) for k, v in checkpoint.boundary.items()})
 
 
 def _describe(config: Mapping[str, Any]) -> str:

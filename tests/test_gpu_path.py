@@ -86,9 +86,10 @@ def _tiny_segmentation(n: int = 6, size: int = 16, classes: int = 3) -> Segmenta
 
 
 def test_autocast_is_bfloat16_on_cuda_and_off_on_cpu():
-    assert pf._autocast(CUDA) is torch.bfloat16
-    assert pf._autocast(torch.device("cuda", 1)) is torch.bfloat16
-    assert pf._autocast(CPU) is None
+    # The trainables train with runtime.autocast_dtype (engine._autocast is the context it opens).
+    assert runtime.autocast_dtype(CUDA) is torch.bfloat16
+    assert runtime.autocast_dtype(torch.device("cuda", 1)) is torch.bfloat16
+    assert runtime.autocast_dtype(CPU) is None
     assert runtime.autocast_dtype("cuda:0") is torch.bfloat16 and runtime.autocast_dtype("cpu") is None
 
 

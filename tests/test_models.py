@@ -133,6 +133,37 @@ def test_transfer_refuses_mismatched_extractors():
         transfer_features(small_fcn(4, width=4), cifar_cnn())
 
 
+def test_transfer_from_a_state_dict_equals_the_transfer_from_the_model():
+    src = small_fcn(16, width=4, generator=_seeded(1))
+    from_model, from_state = (small_fcn(6, width=4, generator=_seeded(2)) for _ in range(2))
+    transfer_features(src, from_model)
+    transfer_features({k: v.clone() for k, v in src.features.state_dict().items()}, from_state)
+    assert all(torch.equal(v, from_state.state_dict()[k]) for k, v in from_model.state_dict().items())
+
+
+def test_a_refused_transfer_copies_nothing():
+    dst = small_fcn(4, width=4, generator=_seeded(2))
+    before = {k: v.clone() for k, v in dst.state_dict().items()}
+    state = small_fcn(4, width=4, generator=_seeded(1)).features.state_dict()
+    state["enc1.0.weight"] = torch.zeros(4, 3, 5, 5)
+    with pytest.raises(ValueError, match=r"differ in shape at 'enc1.0.weight': source \(4, 3, 5, 5\)"):
+        transfer_features(state, dst)
+    del state["enc1.0.weight"]
+    with pytest.raises(ValueError, match=r"differ in parameters: \['enc1.0.weight'\] present in only one"):
+        transfer_features(state, dst)
+    assert all(torch.equal(v, before[k]) for k, v in dst.state_dict().items())
+
+
+def test_transfer_checks_that_only_h_was_left_unloaded():
+    # moco's main_lincls.py check: after the copy, the keys of dst not loaded are exactly h's.
+    src = small_fcn(4, width=4, generator=_seeded(1))
+    dst = small_fcn(4, width=4, generator=_seeded(2))
+    dst.register_buffer("calibration", torch.ones(1))  # state outside g and h: a transfer would miss it
+    with pytest.raises(ValueError, match=r"left keys other than h's unloaded: missing \['calibration', "
+                                         r"'head.bias', 'head.weight'\], unexpected \[\]"):
+        transfer_features(src, dst)
+
+
 def test_reset_head_is_xavier_from_the_generator_and_keeps_g():
     model = small_fcn(5, width=8, generator=_seeded(0))
     features = {k: v.clone() for k, v in model.features.state_dict().items()}

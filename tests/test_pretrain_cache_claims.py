@@ -148,3 +148,45 @@ def test_concurrent_trials_sharing_a_pretraining_pretrain_it_once(tmp_path, tiny
                 for name, (reports, _) in results.items()}
     assert pretrain["a"] == pretrain["b"], "the waiting trial replays the same pre-training"
     assert os.listdir(tmp_path / "cache") == [f"{cfg.pretrain_key()}.pt"], "no claim is left behind"
+
+
+# --- the trainable's view: cached_pretraining, "hit, or build and store" ---------------------------
+
+
+def test_a_miss_holds_the_claim_in_the_block_and_stores_what_was_built(tmp_path):
+    with pretrain_cache.cached_pretraining(str(tmp_path), "k", {"seed": 0}, owner="trial-a", resumed=False) as slot:
+        assert slot.entry is None
+        assert json.loads(PretrainCache(tmp_path).claim_path("k").read_text())["owner"] == "trial-a"
+        slot.store(ENTRY)
+    assert os.listdir(tmp_path) == ["k.pt"], "the claim is released when the block ends"
+    assert PretrainCache(tmp_path).load("k")["config"] == {"seed": 0}
+
+    with pretrain_cache.cached_pretraining(str(tmp_path), "k", {"seed": 0}, owner="trial-b", resumed=False) as slot:
+        assert torch.equal(slot.entry["features"]["w"], torch.ones(2))  # a hit: nothing to build
+        assert not PretrainCache(tmp_path).claim_path("k").exists()
+
+
+def test_a_failed_build_releases_the_claim_and_stores_nothing(tmp_path):
+    with pytest.raises(RuntimeError, match="diverged"):
+        with pretrain_cache.cached_pretraining(str(tmp_path), "k", {}, owner="trial-a", resumed=False) as slot:
+            assert slot.entry is None
+            raise RuntimeError("diverged")
+    assert os.listdir(tmp_path) == []
+
+
+def test_no_cache_is_never_a_hit_and_stores_nothing(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    with pretrain_cache.cached_pretraining("", "k", {}, owner=None, resumed=False) as slot:
+        assert slot.entry is None
+        slot.store(ENTRY)
+    assert os.listdir(tmp_path) == []
+
+
+def test_a_resumed_pretraining_takes_its_claim_over_without_looking_for_an_entry(tmp_path):
+    cache = PretrainCache(tmp_path)
+    cache.save("k", ENTRY, {})
+    _write_claim(cache, "k", owner="trial-a", host="another-node", pid=1)  # its own claim, left by a dead worker
+    with pretrain_cache.cached_pretraining(str(tmp_path), "k", {}, owner="trial-a", resumed=True) as slot:
+        assert slot.entry is None, "the checkpoint it resumes from is the pre-training's own"
+        assert json.loads(cache.claim_path("k").read_text())["pid"] == os.getpid()
+    assert not cache.claim_path("k").exists()

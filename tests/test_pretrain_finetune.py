@@ -14,6 +14,7 @@ import pytest
 import torch
 
 import trainables.pretrain_finetune as pf
+from trainables.checkpoint import Checkpoint
 from trainables.config import PretrainFinetuneConfig
 from trainables.pretrain_cache import PretrainCache
 from trainables.pretrain_finetune import PRETRAIN_TEST_METRICS, REPORT_KEYS, run
@@ -134,13 +135,19 @@ def test_reports_have_the_documented_keys_and_values(tiny_cfg):
 
 
 def test_eval_interval_scores_the_last_epoch_and_every_interval_back(tiny_cfg):
+    # eval_interval=2 over 5 epochs: epochs 5, 3 and 1 are evaluated; 2 and 4 report NaN test scores.
     report = Collector()
-    run(tiny_cfg(init="random", epochs_finetune=3, eval_interval=2), report)
-    first, second, third = (m["finetune/test_mean_iu"] for m in report.metrics)
-    assert second == first  # epoch 2 is not evaluated: it repeats epoch 1's score
-    assert report.metrics[1]["objective"] == first
-    assert report.metrics[2]["objective"] == pytest.approx((first + third) / 2, rel=1e-12)
-    assert len(report.last_state["evals"]) == 2
+    run(tiny_cfg(init="random", epochs_finetune=5, eval_interval=2, objective_last_k=2), report)
+    scores = [[m[key] for key in pf.FINETUNE_TEST_METRICS] for m in report.metrics]
+    assert [all(math.isnan(v) for v in row) for row in scores] == [False, True, False, True, False]
+    assert all(math.isfinite(v) for row in scores[0::2] for v in row)
+    first, third, fifth = (report.metrics[e]["finetune/test_mean_iu"] for e in (0, 2, 4))
+    # The mean of the last 2 evaluations, never of repeated rows.
+    assert [m["objective"] for m in report.metrics] == pytest.approx(
+        [first, first, (first + third) / 2, (first + third) / 2, (third + fifth) / 2], rel=1e-12, abs=0)
+    evals = report.last_state["evals"]
+    assert [e["finetune/test_mean_iu"] for e in evals] == [first, third, fifth]
+    assert all(m["epoch_total"] == e for e, m in enumerate(report.metrics, start=1))
 
 
 def test_random_init_does_no_pretraining(tiny_cfg, tmp_path, count_epochs):
@@ -234,6 +241,40 @@ def test_load_state_refuses_pickled_objects(tmp_path):
     save_state({"model": Path("/etc")}, tmp_path)
     with pytest.raises(ValueError, match=re.escape(str(tmp_path / STATE_FILE))):
         load_state(tmp_path)
+
+
+def test_every_checkpoint_state_is_a_checkpoint_dict_that_round_trips(uninterrupted):
+    _, full, _ = uninterrupted
+    checkpoints = [Checkpoint.from_dict(state) for state in full.states]
+    assert [c.kind for c in checkpoints] == ["pretrain", "pretrain finished", "finetune", "finetune"]
+    assert all(c.to_dict().keys() == state.keys() for c, state in zip(checkpoints, full.states))
+    assert checkpoints[1].model is None and checkpoints[1].features is not None  # g only, once pre-trained
+
+
+def test_initial_features_is_complete_on_every_path(tiny_cfg, tmp_path):
+    from trainables.data.sources import load_task_data
+
+    cfg = tiny_cfg(epochs_pretrain=1, epochs_finetune=1, pretrain_cache=str(tmp_path / "cache"))
+    data, cpu = load_task_data(cfg), torch.device("cpu")
+    report = Collector()
+    fresh = pf.initial_features(cfg, data, report, None, cpu)
+    hit = pf.initial_features(cfg, data, report, None, cpu)
+    finished = Checkpoint.from_dict(report.states[0])
+    resumed = pf.initial_features(cfg, data, report, finished, cpu)
+    random = pf.initial_features(tiny_cfg(init="random"), data, report, None, cpu)
+    assert [m["pretrain/cache_hit"] for m in report.metrics] == [0, 1]  # trained once, then replayed
+    assert [(i.source, i.cache_hit, i.pretrain_epochs) for i in (fresh, hit, resumed, random)] == [
+        ("pretrained", False, 1), ("cache", True, 1), ("checkpoint", False, 1), ("random", False, 0)]
+    for init in (fresh, hit, resumed):
+        assert_same_weights(init.features, fresh.features)
+        assert set(init.samples) == {"images", "clean", "prediction", "noisy"}
+    assert (random.features, random.samples) == (None, {})
+
+    # A fine-tuning checkpoint holds the whole model: nothing to transfer, the samples it kept.
+    run(cfg, (tuned := Collector()))
+    from_finetune = pf.initial_features(cfg, data, report, Checkpoint.from_dict(tuned.last_state), cpu)
+    assert (from_finetune.source, from_finetune.features, from_finetune.cache_hit) == ("checkpoint", None, True)
+    assert set(from_finetune.samples) == set(fresh.samples)
 
 
 # --- the pre-training cache -----------------------------------------------------------------------

@@ -89,13 +89,16 @@ def test_table1_ignores_unfinished_trials(tmp_path):
     assert frame.loc["Average", "too_few"] and frame.loc["Average", "n_values"] == 15
 
 
-def test_table1_drops_epochs_without_an_evaluation(tmp_path):
+def test_table1_pools_the_last_five_evaluations_skipping_epochs_without_one(tmp_path):
+    # Epoch 4 was not evaluated (NaN, eval_interval > 1): the last 5 evaluations are epochs 2, 3, 5, 6, 7,
+    # so each trial's tail reaches back to one EARLY value (issue 16: no repeated or missing rows counted).
     def value(condition, fold, seed, epoch):
         return math.nan if epoch == 4 else known_value(condition, fold, seed, epoch)
 
     frame = tables.table1(make(tmp_path, value=value)).set_index("column")
-    assert frame.loc["fold 1 (classes 1-5)", "n_values"] == 8
-    assert frame.loc["fold 1 (classes 1-5)", "mean"] == pytest.approx(0.32)
+    assert frame.loc["fold 1 (classes 1-5)", "n_values"] == 10
+    expected = np.mean([EARLY, *[SEED_VALUES[1, 0]] * 4, EARLY, *[SEED_VALUES[1, 1]] * 4])
+    assert frame.loc["fold 1 (classes 1-5)", "mean"] == pytest.approx(expected)
 
 
 def test_render_table1_text(tmp_path):

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from collections import OrderedDict
+from collections.abc import Mapping
 from pathlib import Path
 
 import torch
@@ -107,22 +108,30 @@ def _init_weights(model: SplitModel, generator: torch.Generator | None) -> Split
     return model
 
 
-def transfer_features(src: SplitModel, dst: SplitModel) -> None:
-    """Copy g (``src.features``' state dict, buffers included) into ``dst.features``; h is untouched.
+def transfer_features(src: SplitModel | Mapping[str, torch.Tensor], dst: SplitModel) -> None:
+    """Copy g into ``dst.features`` (buffers included); h is untouched. ``src`` is a model or g's state
+    dict (``model.features.state_dict()``, as a pre-training checkpoint or cache entry holds it).
 
-    Raises ValueError naming the first parameter whose name or shape differs.
+    Raises ValueError, before copying anything, naming the first parameter whose name or shape differs.
+    After the copy it checks what was copied (as moco's ``main_lincls.py`` does): every key of ``dst``
+    was loaded except exactly h's, and nothing of ``src`` was left over.
     """
-    source, target = src.features.state_dict(), dst.features.state_dict()
+    source = src.features.state_dict() if isinstance(src, SplitModel) else dict(src)
+    target = dst.features.state_dict()
     if source.keys() != target.keys():
-        missing = sorted(set(target) ^ set(source))
-        raise ValueError(f"feature extractors differ in parameters: {missing[:5]} present in only one of them")
+        only = sorted(set(target) ^ set(source))
+        raise ValueError(f"feature extractors differ in parameters: {only[:5]} present in only one of them")
     for name, tensor in source.items():
         if tensor.shape != target[name].shape:
             raise ValueError(
                 f"feature extractors differ in shape at {name!r}: source {tuple(tensor.shape)}, "
                 f"destination {tuple(target[name].shape)}"
             )
-    dst.features.load_state_dict(source)
+    loaded = dst.load_state_dict({f"features.{name}": tensor for name, tensor in source.items()}, strict=False)
+    head = {f"head.{name}" for name in dst.head.state_dict()}
+    if set(loaded.missing_keys) != head or loaded.unexpected_keys:
+        raise ValueError(f"transfer of g left keys other than h's unloaded: missing {sorted(loaded.missing_keys)}, "
+                         f"unexpected {sorted(loaded.unexpected_keys)}, h is {sorted(head)}")
 
 
 # ------------------------------------------------------------------------------------------ FCN-AlexNet

@@ -13,6 +13,9 @@ replay it as a cache hit. A claim names its owner and is kept fresh by a heartbe
 owner is gone (a dead process on this host, a heartbeat older than ``stale_after`` seconds, or the same
 trial retried after its worker died) is taken over, so a crash never blocks the trials that wait. Claims
 only save work: losing a race costs a duplicate pre-training, never a wrong or partial entry.
+
+A trainable uses :func:`cached_pretraining`: a context manager that yields the entry on a hit, or a
+slot to store the pre-training it builds, and releases the claim however the block ends.
 """
 
 from __future__ import annotations
@@ -24,6 +27,9 @@ import threading
 import time
 import uuid
 import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -161,6 +167,46 @@ class PretrainCache:
         if record.get("host") == socket.gethostname() and isinstance(record.get("pid"), int):
             return not _process_alive(record["pid"])
         return False
+
+
+@dataclass
+class CacheSlot:
+    """What :func:`cached_pretraining` yields: ``entry`` on a hit, else None and :meth:`store` saves the
+    pre-training built in its place (a no-op without a cache)."""
+
+    entry: dict[str, Any] | None
+    _cache: PretrainCache | None
+    _key: str
+    _config: dict[str, Any]
+
+    def store(self, finished: dict[str, Any]) -> None:
+        """Save a finished pre-training (``features``, ``history``, ``samples``) under the slot's key."""
+        if self._cache is not None:
+            self._cache.save(self._key, finished, self._config)
+
+
+@contextmanager
+def cached_pretraining(root: str, key: str, config: dict[str, Any], *, owner: str | None,
+                       resumed: bool) -> Iterator[CacheSlot]:
+    """Hit, or build and store: the cached pre-training ``key`` under ``root``, or a claim on it.
+
+    Yields a :class:`CacheSlot`. Its ``entry`` is the cached pre-training when there is one (waiting for
+    a live trial that pre-trains the same key); otherwise this trial holds the key's claim until the
+    block ends (normally or not) and stores its pre-training with ``slot.store``. ``root=""`` means no
+    cache: never a hit, nothing stored. ``resumed`` (a trial resumed mid-pre-training) takes the claim
+    over without looking for an entry: the checkpoint it resumes from is the pre-training's own.
+    """
+    cache = PretrainCache(root) if root else None
+    entry, claim = None, None
+    if cache is not None and not resumed:
+        entry, claim = cache.acquire(key, owner=owner)
+    elif cache is not None:
+        claim = cache.claim(key, owner=owner, force=True)
+    try:
+        yield CacheSlot(entry, cache, key, config)
+    finally:
+        if claim is not None:
+            claim.release()
 
 
 def _process_alive(pid: int) -> bool:

@@ -1,11 +1,18 @@
 """The pretrain-then-finetune trainable: one transferability measurement (thesis Figure 1, section 5.1).
 
-1. Pre-train (``init="pretrain"``) on the fold's 15 pre-training classes with noisy, transformed training
-   labels; the loss is ``warmup_epochs`` of class-weighted cross-entropy, then ``loss``. Validation
-   scores the clean labels of the same (transformed) task.
-2. Transfer the feature extractor g into a fresh model, re-initialise the head h with Xavier, and
-   fine-tune on the fold's 5 held-out classes with clean labels and cross-entropy.
-3. Score the fine-tuning test set every ``eval_interval`` epochs.
+1. Decide where the fine-tuning model's feature extractor g comes from (:func:`initial_features`, as
+   nanoGPT's ``init_from``): random weights, ImageNet weights, the pre-training cache, a checkpoint,
+   or a fresh pre-training.
+2. Pre-train (``init="pretrain"``, on a cache miss) on the fold's 15 pre-training classes with noisy,
+   transformed training labels; the loss is ``warmup_epochs`` of class-weighted cross-entropy, then
+   ``loss``. Validation scores the clean labels of the same (transformed) task; the last epoch also
+   scores its test set. The finished pre-training is stored in the cache.
+3. Transfer g into a fresh model (:func:`trainables.models.transfer_features`), re-initialise the
+   head h with Xavier, and fine-tune on the fold's 5 held-out classes with clean labels and
+   cross-entropy, scoring the fine-tuning test set every ``eval_interval`` epochs.
+
+Both phases run the shared epoch loop of :mod:`trainables.epochs`; every checkpoint is a
+:class:`trainables.checkpoint.Checkpoint`.
 
 Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.report`):
 
@@ -23,14 +30,16 @@ Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.re
                             ``test_fw_iu`` (thesis Table 3)
 ``finetune/train_loss``     mean training loss of the epoch (fine-tuning)
 ``finetune/test_mean_iu``   fine-tuning test mean IU (also ``test_mean_acc``, ``test_pixel_acc``,
-                            ``test_fw_iu``), from the latest evaluation
+                            ``test_fw_iu``) of this epoch; NaN on an epoch that was not evaluated
+                            (``eval_interval`` > 1); the last epoch always is
 ``objective``               what a study optimises: the mean of the last ``objective_last_k``
-                            fine-tuning test mean IUs (thesis 5.1 averages the last 5 snapshots);
+                            evaluations' test mean IUs (thesis 5.1 averages the last 5 snapshots);
                             NaN in pre-training reports, so no scheduler or searcher compares a
                             pre-training number with a fine-tuning one
 ==========================  ===================================================================
 
-Every report carries a checkpoint (model, optimizer, scheduler, phase, epoch, torch RNG state) from
+Every trained epoch's report carries a checkpoint (model, optimizer, scheduler, phase, epoch, torch RNG
+state; a finished pre-training keeps g instead of the model) from
 which :func:`run` continues exactly; batch order and augmentation are drawn per ``(seed, epoch)``, so
 a resumed trial ends with the metrics of an uninterrupted one on CPU.
 """
@@ -38,19 +47,22 @@ a resumed trial ends with the metrics of an uninterrupted one on CPU.
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
 import torch
 
+from trainables.checkpoint import Checkpoint, training_state
 from trainables.config import PretrainFinetuneConfig
-from trainables.data.loading import SegmentationDataset, class_counts, make_loader
+from trainables.data.loading import class_counts, make_loader
 from trainables.data.sources import TaskData, load_task_data
 from trainables.engine import evaluate_segmentation, predict, train_one_epoch
+from trainables.epochs import EpochResult, EpochTrainer, Evaluation, every, on_epochs, run_epochs, warmup_then
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import build_model, reset_head, transfer_features
-from trainables.pretrain_cache import PretrainCache
+from trainables.pretrain_cache import cached_pretraining
 from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, current_trial_id, place_model,
                                select_device, set_threads, stream_seed, tune_reporter)
 
@@ -66,6 +78,13 @@ REPORT_KEYS = {
                  *FINETUNE_TEST_METRICS, "pretrain/cache_hit", "objective"),
 }
 NUM_SAMPLES = 4  # example images kept in the final checkpoint for the MLflow sample figure
+INIT_SOURCES = ("random", "imagenet", "cache", "checkpoint", "pretrained")
+# Named random streams of a trial (runtime.stream_seed). The strings seed the generators: renaming one
+# changes every result, so they stay as they were first written.
+TORCH_STREAM = {"pretrain": "pretrain-init", "finetune": "finetune-init"}  # torch's generator: dropout
+WEIGHTS_STREAM = {"pretrain": "pretrain-weights", "finetune": "finetune-weights"}  # initial weights
+BATCH_ORDER_STREAM = {"pretrain": "pretrain", "finetune": "finetune"}  # batch order and augmentation
+HEAD_STREAM = "head"  # the fine-tuning head's Xavier re-initialisation
 
 
 def pretrain_finetune(config: dict[str, Any]) -> None:
@@ -73,34 +92,6 @@ def pretrain_finetune(config: dict[str, Any]) -> None:
     cfg = PretrainFinetuneConfig.from_dict(config)
     set_threads(cfg.num_threads)
     run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
-
-
-@dataclass
-class _Phase:
-    """The mutable training state of one phase (what a checkpoint holds)."""
-
-    name: str
-    model: torch.nn.Module
-    optimizer: torch.optim.Optimizer
-    scheduler: torch.optim.lr_scheduler.LRScheduler
-    epoch: int = 0  # completed epochs
-
-    def state(self) -> dict[str, Any]:
-        return {
-            "phase": self.name,
-            "epoch": self.epoch,
-            "model": self.model.state_dict(),
-            "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
-            "rng": torch.get_rng_state(),
-        }
-
-    def load(self, state: dict[str, Any]) -> None:
-        self.model.load_state_dict(state["model"])
-        self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
-        torch.set_rng_state(state["rng"])
-        self.epoch = int(state["epoch"])
 
 
 def run(
@@ -112,120 +103,135 @@ def run(
     """Run (or resume from ``state``) one pretrain-then-finetune trial; return its last report.
 
     ``report(metrics, checkpoint_state)`` is called once per epoch. ``state`` is a checkpoint state
-    produced by an earlier call of this function for the same config.
+    (:meth:`Checkpoint.to_dict`) produced by an earlier call of this function for the same config.
     """
     device = torch.device(device)
-    if state is not None and state.get("config") != cfg.to_dict():
+    resume = Checkpoint.from_dict(state) if state is not None else None
+    if resume is not None and resume.config != cfg.to_dict():
         raise ValueError("checkpoint was written by a different config; refusing to resume from it")
     # torch's default generator drives nn.init and dropout: each phase seeds it from the config when
     # it starts, and every checkpoint holds its state, so a resumed trial continues the same stream.
     data = load_task_data(cfg)
-
-    pretrained, pretrain_epochs = _pretrain_phase(cfg, data, report, state, device)
-    return _finetune_phase(cfg, data, report, state, device, pretrained, pretrain_epochs)
-
-
-# --- pre-training ---------------------------------------------------------------------------------
+    init = initial_features(cfg, data, report, resume, device)
+    return finetune(cfg, data, report, resume if resume is not None and resume.phase == "finetune" else None,
+                    device, init)
 
 
-def _pretrain_phase(
-    cfg: PretrainFinetuneConfig,
-    data: TaskData,
-    report: Reporter,
-    state: dict[str, Any] | None,
-    device: torch.device,
-) -> tuple[dict[str, Any] | None, int]:
-    """Pre-train, reuse the cache, or skip. Returns (the finished pre-training or None, its epochs).
+# --- 1. where g comes from ------------------------------------------------------------------------
 
-    A finished pre-training is ``{"features": g's state dict, "history": per-epoch metrics,
-    "samples": noisy-label examples, "cache_hit": bool}``, exactly what the cache stores.
+
+@dataclass(frozen=True)
+class InitialFeatures:
+    """Where the fine-tuning model's g comes from; every path fills every field.
+
+    ``source`` is one of :data:`INIT_SOURCES`. ``features`` is g's state dict to transfer, None when
+    there is nothing to transfer: g is random or ImageNet's (built with the model), or a fine-tuning
+    checkpoint holds the whole model. ``samples`` are the pre-training's noisy-label examples ({} without
+    pre-training), ``cache_hit`` whether it came from the cache, ``pretrain_epochs`` the epochs it took
+    (0 without; fine-tuning's ``epoch_total`` starts after them).
     """
-    if not cfg.pretrains:
-        return None, 0
-    if state is not None and state["phase"] == "finetune":  # the fine-tuning state has the model
-        return {"cache_hit": bool(state["cache_hit"]), "samples": state["pretrain_samples"]}, cfg.epochs_pretrain
-    if state is not None and state["epoch"] == cfg.epochs_pretrain:  # finished, not yet fine-tuned
-        return _finished(state, bool(state["cache_hit"])), cfg.epochs_pretrain
-    cache = PretrainCache(cfg.pretrain_cache) if cfg.pretrain_cache else None
-    key = cfg.pretrain_key()
-    claim = None
-    if cache is not None and state is None:
-        # A trial that shares this pre-training with one running now waits for its entry (claims).
-        cached, claim = cache.acquire(key, owner=current_trial_id())
-        if cached is not None:
-            for epoch, metrics in enumerate(cached["history"], start=1):
-                report(_pretrain_metrics(epoch, metrics, cache_hit=True), None)
-            return _finished(cached, True), cfg.epochs_pretrain
-    elif cache is not None:  # resumed mid-pre-training: this trial holds its key again
-        claim = cache.claim(key, owner=current_trial_id(), force=True)
-    try:
-        return _pretrain(cfg, data, report, state, device, cache, key)
-    finally:
-        if claim is not None:
-            claim.release()
+
+    source: str
+    features: dict[str, torch.Tensor] | None
+    samples: dict[str, torch.Tensor]
+    cache_hit: bool
+    pretrain_epochs: int
 
 
-def _pretrain(
+def initial_features(
     cfg: PretrainFinetuneConfig,
     data: TaskData,
     report: Reporter,
-    state: dict[str, Any] | None,
+    resume: Checkpoint | None,
     device: torch.device,
-    cache: PretrainCache | None,
-    key: str,
-) -> tuple[dict[str, Any], int]:
-    """Pre-train from scratch or from ``state`` (a pre-training checkpoint), store it in ``cache``."""
-    torch.manual_seed(stream_seed(cfg.seed, "pretrain-init"))
+) -> InitialFeatures:
+    """The trial's initial g (nanoGPT's ``init_from``), pre-training it when nothing else provides it.
+
+    A cache hit replays the cached pre-training's reports (no checkpoint); a fresh pre-training reports
+    its epochs as it trains them, resuming from ``resume`` when that is a pre-training checkpoint.
+    """
+    if not cfg.pretrains:  # random or ImageNet weights: built with the fine-tuning model
+        return InitialFeatures(cfg.init, None, {}, False, 0)
+    if resume is not None and resume.phase == "finetune":  # the fine-tuning checkpoint has the model
+        return InitialFeatures("checkpoint", None, resume.pretrain_samples, resume.cache_hit, cfg.epochs_pretrain)
+    if resume is not None and resume.features is not None:  # pre-trained, not yet fine-tuned
+        return InitialFeatures("checkpoint", resume.features, resume.samples, resume.cache_hit, cfg.epochs_pretrain)
+    # A trial that shares this pre-training with one running now waits for its entry (cache claims).
+    with cached_pretraining(cfg.pretrain_cache, cfg.pretrain_key(), cfg.to_dict(), owner=current_trial_id(),
+                            resumed=resume is not None) as slot:
+        if slot.entry is not None:
+            for epoch, metrics in enumerate(slot.entry["history"], start=1):
+                report(_pretrain_metrics(epoch, metrics, cache_hit=True), None)
+            return InitialFeatures("cache", slot.entry["features"], slot.entry["samples"], True,
+                                   cfg.epochs_pretrain)
+        finished = pretrain(cfg, data, report, resume, device, store=slot.store)
+    return InitialFeatures("pretrained", finished.features, finished.samples, False, cfg.epochs_pretrain)
+
+
+# --- 2. pre-training ------------------------------------------------------------------------------
+
+
+def pretrain(
+    cfg: PretrainFinetuneConfig,
+    data: TaskData,
+    report: Reporter,
+    resume: Checkpoint | None,
+    device: torch.device,
+    store: Callable[[dict[str, Any]], None],
+) -> Checkpoint:
+    """Pre-train from scratch or from ``resume`` (a pre-training checkpoint). Returns the finished
+    pre-training's checkpoint (``features``, ``history``, ``samples``), which goes to ``store`` (the
+    cache) before its report, so a trial killed after that report finds it there."""
+    torch.manual_seed(stream_seed(cfg.seed, TORCH_STREAM["pretrain"]))
     train_set = data.pretrain_train
     phase = _make_phase("pretrain", cfg, train_set.num_classes, cfg.lr_pretrain, cfg.epochs_pretrain, device)
     history: list[dict[str, float]] = []
-    if state is not None:
-        phase.load(state)
-        history = list(state["history"])
-    # Thesis 4, implementation details: warm up with class-weighted CE (weights from the *observed*
-    # label frequencies), then switch to the configured loss. nnPU balances through its prior instead.
+    if resume is not None:
+        resume.restore(phase.model, phase.optimizer, phase.scheduler)
+        history = list(resume.history)
+    trainer = phase.trainer(_pretrain_losses(cfg, train_set, device), _train_loader(cfg, "pretrain", train_set, device),
+                            device)
+    val, test = _eval_loader(cfg, data.pretrain_val, device), _eval_loader(cfg, data.pretrain_test, device)
+    evaluations = [
+        Evaluation("val", every(1, cfg.epochs_pretrain), lambda: _score(phase.model, val, device)),
+        # the pre-training task's own test scores, on its clean (transformed) labels (thesis Table 3)
+        Evaluation("test", on_epochs(cfg.epochs_pretrain), lambda: _score(phase.model, test, device)),
+    ]
+    finished: list[Checkpoint] = []
+
+    def record(result: EpochResult) -> tuple[dict[str, Any], dict[str, Any]]:
+        metrics = {"pretrain/train_loss": result.train_loss, "pretrain/val_mean_iu": result.scores["val"]["mean_iu"]}
+        if "test" in result.scores:
+            metrics.update({f"pretrain/test_{name}": result.scores["test"][name] for name in TEST_SCORES})
+        history.append(metrics)
+        base = {"config": cfg.to_dict(), "phase": "pretrain", "epoch": result.epoch, "cache_hit": False,
+                "history": list(history)}
+        if not result.last:
+            checkpoint = Checkpoint(**base, **phase.training_state())
+        else:  # the finished pre-training keeps g only: fine-tuning builds its own model around it
+            checkpoint = Checkpoint(**base, features=_features_state(phase.model),
+                                    samples=_samples(phase.model, train_set, device, noisy=True))
+            store({"features": checkpoint.features, "history": checkpoint.history, "samples": checkpoint.samples})
+            finished.append(checkpoint)
+        return _pretrain_metrics(result.epoch, metrics, cache_hit=False), checkpoint.to_dict()
+
+    run_epochs(trainer, evaluations, record, report, done=resume.epoch if resume else 0, epochs=cfg.epochs_pretrain)
+    return finished[0]
+
+
+def _pretrain_losses(cfg: PretrainFinetuneConfig, train_set: Any, device: torch.device) -> Callable[[int], Any]:
+    """The loss of each pre-training epoch. Thesis 4, implementation details: warm up with class-weighted
+    CE (weights from the *observed* label frequencies), then switch to the configured loss. nnPU
+    balances through its prior instead."""
     weights = frequency_class_weights(class_counts(train_set.labels, train_set.num_classes)).to(device)
     warmup_loss = make_loss("ce", class_weights=weights)
     main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
     main_loss = make_loss(cfg.loss, class_weights=main_weights, **_loss_params(cfg))
-    train = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
-                        seed=stream_seed(cfg.seed, "pretrain"), device=device)
-    val = make_loader(data.pretrain_val, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
-
-    while phase.epoch < cfg.epochs_pretrain:
-        epoch = phase.epoch + 1
-        train.set_epoch(epoch)
-        loss_fn = warmup_loss if epoch <= cfg.warmup_epochs else main_loss
-        stats = train_one_epoch(phase.model, train, loss_fn, phase.optimizer, device=device,
-                                autocast_dtype=_autocast(device))
-        phase.scheduler.step()
-        phase.epoch = epoch
-        scores = evaluate_segmentation(phase.model, val, data.pretrain_val.num_classes, device=device)
-        metrics = {"pretrain/train_loss": stats["train_loss"], "pretrain/val_mean_iu": scores["mean_iu"]}
-        if epoch == cfg.epochs_pretrain:  # the pre-training task's own test scores (thesis Table 3)
-            test = make_loader(data.pretrain_test, cfg.batch_size, shuffle=False, augment=False, seed=0,
-                               device=device)
-            scores = evaluate_segmentation(phase.model, test, data.pretrain_test.num_classes, device=device)
-            metrics.update({f"pretrain/test_{name}": scores[name] for name in TEST_SCORES})
-        history.append(metrics)
-        if epoch < cfg.epochs_pretrain:
-            checkpoint = {**phase.state(), **_base_state(cfg, "pretrain", epoch, False), "history": history}
-        else:
-            finished = {"features": _features_state(phase.model), "history": history,
-                        "samples": _samples(phase.model, train_set, device, noisy=True)}
-            if cache is not None:
-                cache.save(key, finished, cfg.to_dict())
-            checkpoint = {**_base_state(cfg, "pretrain", epoch, False), **finished}
-        report(_pretrain_metrics(epoch, metrics, cache_hit=False), checkpoint)
-    return _finished(checkpoint, False), cfg.epochs_pretrain
-
-
-def _finished(entry: dict[str, Any], cache_hit: bool) -> dict[str, Any]:
-    return {"features": entry["features"], "history": entry["history"], "samples": entry["samples"],
-            "cache_hit": cache_hit}
+    return warmup_then(warmup_loss, main_loss, cfg.warmup_epochs)
 
 
 def _pretrain_metrics(epoch: int, metrics: dict[str, float], *, cache_hit: bool) -> dict[str, Any]:
+    """A pre-training report: the epoch's ``metrics`` with the phase, its epoch and the cache flag."""
     return {
         "phase": "pretrain",
         "pretrain/epoch": epoch,
@@ -236,68 +242,69 @@ def _pretrain_metrics(epoch: int, metrics: dict[str, float], *, cache_hit: bool)
     }
 
 
-# --- fine-tuning ----------------------------------------------------------------------------------
+# --- 3. transfer and fine-tuning ------------------------------------------------------------------
 
 
-def _finetune_phase(
+def finetune(
     cfg: PretrainFinetuneConfig,
     data: TaskData,
     report: Reporter,
-    state: dict[str, Any] | None,
+    resume: Checkpoint | None,
     device: torch.device,
-    pretrained: dict[str, Any] | None,
-    pretrain_epochs: int,
+    init: InitialFeatures,
 ) -> dict[str, Any]:
-    """Transfer g (when pre-trained), fine-tune with clean labels and CE, score the test set."""
+    """Transfer ``init``'s g (when it has one), fine-tune with clean labels and CE, score the test set;
+    continue from ``resume`` (a fine-tuning checkpoint) when given. Returns the last report ({} when
+    ``resume`` was the final checkpoint)."""
     # Re-seed at the phase start: a fine-tuning run is then the same whether its extractor was just
     # pre-trained, came from the cache or from a checkpoint.
-    torch.manual_seed(stream_seed(cfg.seed, "finetune-init"))
+    torch.manual_seed(stream_seed(cfg.seed, TORCH_STREAM["finetune"]))
     phase = _make_phase("finetune", cfg, data.finetune_train.num_classes, cfg.lr_finetune,
                         cfg.epochs_finetune, device, backbone_weights=cfg.imagenet_weights or None)
-    cache_hit = bool(pretrained and pretrained["cache_hit"])
     evals: list[dict[str, float]] = []
-    if state is not None and state["phase"] == "finetune":
-        phase.load(state)
-        evals = list(state["evals"])
+    if resume is not None:
+        resume.restore(phase.model, phase.optimizer, phase.scheduler)
+        evals = list(resume.evals)
     else:
-        if pretrained is not None:
-            phase.model.features.load_state_dict(pretrained["features"])
-        reset_head(phase.model, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, "head")))
-
-    train = make_loader(data.finetune_train, cfg.batch_size, shuffle=True, augment=True,
-                        seed=stream_seed(cfg.seed, "finetune"), device=device)
-    test = make_loader(data.finetune_test, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
+        if init.features is not None:
+            transfer_features(init.features, phase.model)
+        reset_head(phase.model, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, HEAD_STREAM)))
     loss_fn = make_loss("ce")
-    metrics: dict[str, Any] = {}
-    while phase.epoch < cfg.epochs_finetune:
-        epoch = phase.epoch + 1
-        train.set_epoch(epoch)
-        stats = train_one_epoch(phase.model, train, loss_fn, phase.optimizer, device=device,
-                                autocast_dtype=_autocast(device))
-        phase.scheduler.step()
-        phase.epoch = epoch
-        last = epoch == cfg.epochs_finetune
-        # The final epoch is always scored; earlier ones every eval_interval epochs counted back from it.
-        if (cfg.epochs_finetune - epoch) % cfg.eval_interval == 0:
-            scores = evaluate_segmentation(phase.model, test, data.finetune_test.num_classes, device=device)
-            evals.append({key: float(scores[name]) for key, name in FINETUNE_TEST_METRICS.items()})
-        latest = evals[-1] if evals else dict.fromkeys(FINETUNE_TEST_METRICS, math.nan)
-        metrics = {
-            "phase": "finetune",
-            "finetune/epoch": epoch,
-            "epoch_total": pretrain_epochs + epoch,
-            "finetune/train_loss": stats["train_loss"],
-            **latest,
-            "pretrain/cache_hit": int(cache_hit),
-            "objective": objective(evals, cfg.objective_last_k),
-        }
-        checkpoint = {**phase.state(), **_base_state(cfg, "finetune", epoch, cache_hit), "evals": evals,
-                      "pretrain_samples": pretrained["samples"] if pretrained else {}}
-        if last:  # what the driver turns into MLflow artifacts
-            checkpoint["confusion"] = torch.as_tensor(scores["confusion"])
-            checkpoint["samples"] = _samples(phase.model, data.finetune_test, device, noisy=False)
-        report(metrics, checkpoint)
-    return metrics
+    trainer = phase.trainer(lambda epoch: loss_fn, _train_loader(cfg, "finetune", data.finetune_train, device), device)
+    test = _eval_loader(cfg, data.finetune_test, device)
+    # The final epoch is always scored; earlier ones every eval_interval epochs counted back from it.
+    evaluations = [Evaluation("test", every(cfg.eval_interval, cfg.epochs_finetune),
+                              lambda: _score(phase.model, test, device))]
+
+    def record(result: EpochResult) -> tuple[dict[str, Any], dict[str, Any]]:
+        if "test" in result.scores:
+            evals.append({key: float(result.scores["test"][name]) for key, name in FINETUNE_TEST_METRICS.items()})
+        checkpoint = Checkpoint(cfg.to_dict(), "finetune", result.epoch, cache_hit=init.cache_hit,
+                                evals=list(evals), pretrain_samples=init.samples, **phase.training_state())
+        if result.last:  # what the driver turns into MLflow artifacts
+            checkpoint.confusion = torch.as_tensor(result.scores["test"]["confusion"])
+            checkpoint.samples = _samples(phase.model, data.finetune_test, device, noisy=False)
+        return _finetune_metrics(cfg, result, evals, init), checkpoint.to_dict()
+
+    last = run_epochs(trainer, evaluations, record, report, done=resume.epoch if resume else 0,
+                      epochs=cfg.epochs_finetune)
+    return last if last is not None else {}
+
+
+def _finetune_metrics(cfg: PretrainFinetuneConfig, result: EpochResult, evals: list[dict[str, float]],
+                      init: InitialFeatures) -> dict[str, Any]:
+    """A fine-tuning report: the epoch's training loss, its test scores (NaN on an epoch that was not
+    evaluated, so no curve or average counts a score twice) and the objective."""
+    latest = evals[-1] if "test" in result.scores else dict.fromkeys(FINETUNE_TEST_METRICS, math.nan)
+    return {
+        "phase": "finetune",
+        "finetune/epoch": result.epoch,
+        "epoch_total": init.pretrain_epochs + result.epoch,
+        "finetune/train_loss": result.train_loss,
+        **latest,
+        "pretrain/cache_hit": int(init.cache_hit),
+        "objective": objective(evals, cfg.objective_last_k),
+    }
 
 
 def objective(evals: list[dict[str, float]], last_k: int) -> float:
@@ -309,10 +316,28 @@ def objective(evals: list[dict[str, float]], last_k: int) -> float:
 # --- helpers --------------------------------------------------------------------------------------
 
 
+@dataclass
+class _Phase:
+    """One phase's model and optimisation state (the ``training_state`` of its checkpoints)."""
+
+    name: str
+    model: torch.nn.Module
+    optimizer: torch.optim.Optimizer
+    scheduler: torch.optim.lr_scheduler.LRScheduler
+
+    def training_state(self) -> dict[str, Any]:
+        return training_state(self.model, self.optimizer, self.scheduler)
+
+    def trainer(self, loss_for: Callable[[int], Any], loader: Any, device: torch.device) -> EpochTrainer:
+        # train_one_epoch is looked up here, in this module, so a test that patches it counts epochs.
+        return EpochTrainer(self.model, self.optimizer, self.scheduler, loader, loss_for, device,
+                            autocast_dtype(device), fit=train_one_epoch)
+
+
 def _make_phase(name: str, cfg: PretrainFinetuneConfig, num_classes: int, lr: float, epochs: int,
                 device: torch.device, backbone_weights: str | None = None) -> _Phase:
     # Initial weights from the trial's seed (nn.init draws from this generator, not torch's global one).
-    generator = torch.Generator().manual_seed(stream_seed(cfg.seed, f"{name}-weights"))
+    generator = torch.Generator().manual_seed(stream_seed(cfg.seed, WEIGHTS_STREAM[name]))
     model = build_model(cfg.model, num_classes, generator=generator, **_model_kwargs(cfg), **(
         {"backbone_weights": backbone_weights} if backbone_weights else {}))
     model = place_model(model, device)  # channels_last on CUDA
@@ -358,9 +383,15 @@ def _features_state(model: torch.nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().cpu().clone() for k, v in model.features.state_dict().items()}
 
 
-def _base_state(cfg: PretrainFinetuneConfig, phase: str, epoch: int, cache_hit: bool) -> dict[str, Any]:
-    return {"phase": phase, "epoch": epoch, "cache_hit": cache_hit, "config": cfg.to_dict()}
+def _train_loader(cfg: PretrainFinetuneConfig, phase: str, dataset: Any, device: torch.device) -> Any:
+    """The shuffled, augmented loader of ``phase``'s training set (its own batch-order stream)."""
+    return make_loader(dataset, cfg.batch_size, shuffle=True, augment=True,
+                       seed=stream_seed(cfg.seed, BATCH_ORDER_STREAM[phase]), device=device)
 
 
-def _autocast(device: torch.device) -> torch.dtype | None:
-    return autocast_dtype(device)
+def _eval_loader(cfg: PretrainFinetuneConfig, dataset: Any, device: torch.device) -> Any:
+    return make_loader(dataset, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
+
+
+def _score(model: torch.nn.Module, loader: Any, device: torch.device) -> dict[str, Any]:
+    return evaluate_segmentation(model, loader, loader.dataset.num_classes, device=device)

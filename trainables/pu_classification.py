@@ -23,26 +23,28 @@ of ``REPORT_KEYS``:
 ``objective``              the mean of the last ``objective_last_k`` test mean F1s
 =========================  ======================================================================
 
-Every report carries a checkpoint (model, optimizer, epoch, torch RNG state, config, the reports so
-far); the final one adds ``confusion`` and, on the moons, ``boundary`` (the classifier's P(positive) on a
+Every report carries a checkpoint (a :class:`trainables.checkpoint.Checkpoint`: model, optimizer,
+epoch, torch RNG state, config, the reports so far); the final one adds ``confusion`` and, on the moons, ``boundary`` (the classifier's P(positive) on a
 grid, for thesis Figure 4). Batch order and augmentation are drawn per ``(seed, epoch)``, so a resumed
 run ends with the metrics of an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
 
-import copy
 import math
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
 import torch
 
+from trainables.checkpoint import Checkpoint, training_state
 from trainables.config import PUClassificationConfig, parse_data
 from trainables.data.base import ClassificationData
 from trainables.data.loading import ClassificationDataset, class_counts, make_loader
 from trainables.data.moons import grid, make_moons
 from trainables.engine import evaluate_classification, train_one_epoch
+from trainables.epochs import EpochResult, EpochTrainer, Evaluation, every, run_epochs, warmup_then
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import SplitModel, build_model
 from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, place_model, select_device,
@@ -51,6 +53,12 @@ from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_
 TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
 REPORT_KEYS = ("phase", "train/epoch", "epoch_total", "train/loss", *(f"test/{name}" for name in TEST_SCORES),
                "objective")
+# Named random streams of a trial (runtime.stream_seed). The strings seed the generators: renaming one
+# changes every result, so they stay as they were first written.
+TORCH_STREAM = "train"  # torch's default generator: dropout
+WEIGHTS_STREAM = "init"  # initial weights
+BATCH_ORDER_STREAM = "batches"  # batch order and augmentation
+PN_SUBSET_STREAM = "pn"  # which moons points a P+N training set keeps
 BOUNDARY_RESOLUTION = 200  # grid points per axis of the Figure 4 probability map
 BOUNDARY_MARGIN = 0.5  # data units added around the training points (the moons have radius 1)
 
@@ -71,79 +79,84 @@ def run(
     """Run (or resume from ``state``) one PU classification trial; return its last report.
 
     ``report(metrics, checkpoint_state)`` is called once per epoch. ``state`` is a checkpoint state
-    produced by an earlier call of this function for the same config. Raises ValueError when ``state``
-    comes from another config or the training split is empty.
+    (:meth:`Checkpoint.to_dict`) produced by an earlier call of this function for the same config.
+    Raises ValueError when ``state`` comes from another config or the training split is empty.
     """
     device = torch.device(device)
-    if state is not None and state.get("config") != cfg.to_dict():
+    resume = Checkpoint.from_dict(state) if state is not None else None
+    if resume is not None and resume.config != cfg.to_dict():
         raise ValueError("checkpoint was written by a different config; refusing to resume from it")
+    train_data, test_data = _load_splits(cfg)
+    train_set, test_set = ClassificationDataset(train_data), ClassificationDataset(test_data)
+    images = train_set.inputs.ndim == 4
+    model, optimizer = _build(cfg, train_data.num_classes, images, device)
+    history: list[dict[str, Any]] = []
+    if resume is not None:
+        resume.restore(model, optimizer)
+        history = list(resume.history)
+
+    loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
+                         seed=stream_seed(cfg.seed, BATCH_ORDER_STREAM), device=device)
+    test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
+    # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
+    # train_one_epoch is this module's name for it, so a test that patches it counts the epochs.
+    trainer = EpochTrainer(model, optimizer, None, loader, _losses(cfg, train_data, device), device,
+                           autocast_dtype(device) if images else None, fit=train_one_epoch)
+    evaluations = [Evaluation("test", every(1, cfg.epochs),
+                              lambda: evaluate_classification(model, test, train_data.num_classes, device=device))]
+
+    def record(result: EpochResult) -> tuple[dict[str, Any], dict[str, Any]]:
+        scores = result.scores["test"]
+        history.append({"phase": "train", "train/epoch": result.epoch, "epoch_total": result.epoch,
+                        "train/loss": result.train_loss,
+                        **{f"test/{name}": float(scores[name]) for name in TEST_SCORES}})
+        history[-1]["objective"] = objective(history, cfg.objective_last_k)
+        # Copies, not views of the live model: a reporter may keep the state while training goes on.
+        checkpoint = Checkpoint(cfg.to_dict(), "train", result.epoch, history=[dict(entry) for entry in history],
+                                **training_state(model, optimizer, snapshot=True))
+        if result.last:  # what the driver turns into MLflow artifacts
+            checkpoint.confusion = torch.as_tensor(scores["confusion"])
+            if not images:
+                checkpoint.boundary = decision_boundary(model, train_data, device=device)
+        return dict(history[-1]), checkpoint.to_dict()
+
+    run_epochs(trainer, evaluations, record, report, done=len(history), epochs=cfg.epochs)
+    return dict(history[-1])
+
+
+def _load_splits(cfg: PUClassificationConfig) -> tuple[ClassificationData, ClassificationData]:
+    """The training (observed labels) and test (true labels) splits; ValueError when training is empty."""
     train_data, test_data = load_pu_data(cfg, "train"), load_pu_data(cfg, "test")
     if len(train_data) == 0:
         raise ValueError(
             f"the training split of data={cfg.data!r} with setup={cfg.setup!r} and "
             f"labelled_fraction={cfg.labelled_fraction} is empty; raise labelled_fraction or the data size"
         )
-    train_set, test_set = ClassificationDataset(train_data), ClassificationDataset(test_data)
-    num_classes = train_data.num_classes
-    images = train_set.inputs.ndim == 4
+    return train_data, test_data
 
+
+def _build(cfg: PUClassificationConfig, num_classes: int, images: bool,
+           device: torch.device) -> tuple[SplitModel, torch.optim.Optimizer]:
+    """The freshly initialised classifier (8-layer CNN for images, MLP for the moons) and its Adam."""
     # torch's default generator drives dropout; it is seeded here and every checkpoint holds its state,
     # so a resumed run continues the same stream. The initial weights come from their own stream.
-    torch.manual_seed(stream_seed(cfg.seed, "train"))
-    init = torch.Generator().manual_seed(stream_seed(cfg.seed, "init"))
+    torch.manual_seed(stream_seed(cfg.seed, TORCH_STREAM))
+    init = torch.Generator().manual_seed(stream_seed(cfg.seed, WEIGHTS_STREAM))
     model = build_model("cifar_cnn" if images else "moons_mlp", num_classes, generator=init)
     model = place_model(model, device) if images else model.to(device)  # channels_last on CUDA
-    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
-    history: list[dict[str, Any]] = []
-    if state is not None:
-        model.load_state_dict(state["model"])
-        optimizer.load_state_dict(state["optimizer"])
-        torch.set_rng_state(state["rng"])
-        history = list(state["history"])
+    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
-    # Thesis 4, implementation details: warm up with class-weighted CE (weights from the *observed*
-    # label frequencies, which the U set skews towards class 0), then switch to the configured loss.
-    # nnPU balances through its prior instead.
-    weights = frequency_class_weights(class_counts(train_data.labels, num_classes)).to(device)
+
+def _losses(cfg: PUClassificationConfig, train_data: ClassificationData,
+            device: torch.device) -> Callable[[int], torch.nn.Module]:
+    """The loss of each epoch. Thesis 4, implementation details: warm up with class-weighted CE
+    (weights from the *observed* label frequencies, which the U set skews towards class 0), then switch
+    to the configured loss. nnPU balances through its prior instead."""
+    weights = frequency_class_weights(class_counts(train_data.labels, train_data.num_classes)).to(device)
     warmup_loss = make_loss("ce", class_weights=weights)
     main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
     main_loss = make_loss(cfg.loss, class_weights=main_weights, **_loss_params(cfg))
-    train = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
-                        seed=stream_seed(cfg.seed, "batches"), device=device)
-    test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
-    # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
-    autocast = autocast_dtype(device) if images else None
-
-    for epoch in range(len(history) + 1, cfg.epochs + 1):
-        train.set_epoch(epoch)
-        loss_fn = warmup_loss if epoch <= cfg.warmup_epochs else main_loss
-        stats = train_one_epoch(model, train, loss_fn, optimizer, device=device, autocast_dtype=autocast)
-        scores = evaluate_classification(model, test, num_classes, device=device)
-        metrics = {
-            "phase": "train",
-            "train/epoch": epoch,
-            "epoch_total": epoch,
-            "train/loss": stats["train_loss"],
-            **{f"test/{name}": float(scores[name]) for name in TEST_SCORES},
-        }
-        history.append(metrics)
-        metrics["objective"] = objective(history, cfg.objective_last_k)
-        # Copies, not views of the live model: a reporter may keep the state while training goes on.
-        checkpoint = {
-            "phase": "train",
-            "epoch": epoch,
-            "model": {key: value.detach().clone() for key, value in model.state_dict().items()},
-            "optimizer": copy.deepcopy(optimizer.state_dict()),
-            "rng": torch.get_rng_state(),
-            "config": cfg.to_dict(),
-            "history": [dict(entry) for entry in history],
-        }
-        if epoch == cfg.epochs:  # what the driver turns into MLflow artifacts
-            checkpoint["confusion"] = torch.as_tensor(scores["confusion"])
-            if not images:
-                checkpoint["boundary"] = decision_boundary(model, train_data, device=device)
-        report(dict(history[-1]), checkpoint)
-    return dict(history[-1])
+    return warmup_then(warmup_loss, main_loss, cfg.warmup_epochs)
 
 
 def objective(history: list[dict[str, Any]], last_k: int) -> float:
@@ -177,7 +190,8 @@ def load_pu_data(cfg: PUClassificationConfig, split: str) -> ClassificationData:
         return make_moons(n_per_class=cfg.points_per_class, labelled_fraction=cfg.labelled_fraction,
                           seed=cfg.seed, split=split)
     full = make_moons(n_per_class=cfg.points_per_class, labelled_fraction=1.0, seed=cfg.seed, split=split)
-    return keep_fraction_per_class(full, cfg.labelled_fraction, np.random.default_rng(stream_seed(cfg.seed, "pn")))
+    rng = np.random.default_rng(stream_seed(cfg.seed, PN_SUBSET_STREAM))
+    return keep_fraction_per_class(full, cfg.labelled_fraction, rng)
 
 
 def keep_fraction_per_class(
