@@ -128,8 +128,9 @@ def figure2(path: str | Path | None = None, q: float = 0.5, figsize: tuple[float
 
 def figure3(study: Study, path: str | Path | None = None, metrics: Sequence[str] = FIGURE3_METRICS,
             figsize: tuple[float, float] = (10, 4)) -> Figure:
-    """Thesis Figure 3: fine-tuning score against the number of pre-training categories; meaningful
-    categorisations as a line with error bars, random categorisations (RC) as isolated error bars."""
+    """Thesis Figure 3: fine-tuning score against the number of pre-training categories each trial had
+    (:func:`analysis.tables.figure3_frame`); meaningful categorisations as a line with error bars,
+    random categorisations (RC) as isolated error bars. Error bars: the mean of the folds' stds."""
     frame = figure3_frame(study, metrics)
     metrics = [m for m in metrics if frame.loc[frame["metric"] == m, "n_values"].sum() > 0] or list(metrics[:1])
     fig = Figure(figsize=figsize)
@@ -143,7 +144,7 @@ def figure3(study: Study, path: str | Path | None = None, metrics: Sequence[str]
         ax.errorbar(isolated["n_categories"], isolated["mean"], yerr=isolated["std"].fillna(0.0), fmt="s",
                     capsize=4, color="tab:orange", label="random categorisation (RC)")
         ax.set(xlabel="number of pre-training categories", ylabel=metric.split("/")[-1].replace("test_", ""),
-               xticks=[0, 1, 4, 7, 11, 15], title=metric)
+               xticks=sorted(set(points["n_categories"])), title=metric)
         _legend(ax, fontsize="small")
     fig.tight_layout()
     return _save(fig, path)

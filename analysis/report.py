@@ -82,7 +82,8 @@ def available(study: Study) -> tuple[str, ...]:
 def _table1(study: Study) -> list[Section]:
     frame = tables.table1(study)
     notes = ["Cells: mean ± std of finetune/test_mean_iu over the last 5 fine-tuning epochs of every "
-             "finished seed; Average pools all folds."]
+             "finished seed; Average: the mean over all folds' values ± the mean of the folds' stds (the "
+             "thesis's convention; tables/table1.csv also has pooled_std, the std of the values pooled over folds)."]
     return [Section("table1", "Table 1: fine-tuning mean IU per fold", frame, tables.table1_wide(frame), None,
                     tuple(notes + ([tables.TOO_FEW_NOTE] if frame["too_few"].any() else [])))]
 

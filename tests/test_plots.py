@@ -57,8 +57,10 @@ def test_figure3_line_for_meaningful_points_and_isolated_random_ones(tmp_path):
     assert png_size(tmp_path / "figure3.png") == (800, 400)
     ax = fig.axes[0]
     line, isolated = ax.lines[0], ax.lines[-1]
-    assert list(line.get_xdata()) == [0, 1, 4, 15] and line.get_linestyle() == "-"
+    # synthetic data: Superclasses are its 5 shape families
+    assert list(line.get_xdata()) == [0, 1, 5, 15] and line.get_linestyle() == "-"
     assert sorted(isolated.get_xdata()) == [4, 7] and isolated.get_linestyle() == "None"
+    assert list(ax.get_xticks()) == [0, 1, 4, 5, 7, 15]
 
 
 def test_figure4_one_panel_per_condition(tmp_path):
