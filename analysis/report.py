@@ -45,7 +45,8 @@ def _has_values(frame: pd.DataFrame, column: str) -> bool:
 
 def available(study: Study) -> tuple[str, ...]:
     """The section keys the study supports, in report order: for pretrain-finetune studies
-    ``"table1"``, ``"figure3"``, ``"table3"``, ``"paired_differences"``, ``"search"``; for PU studies
+    ``"table1"``, ``"figure3"``, ``"table3"``, ``"paired_differences"``, ``"search"``, ``"figure6"`` (with
+    sample predictions in the artifacts); for PU studies
     ``"table2"``, ``"figure4"``, ``"figure5"``; then ``"figure2"`` and ``"learning_curves"``."""
     trials, history = study.trials, study.history
     keys = []
@@ -65,6 +66,8 @@ def available(study: Study) -> tuple[str, ...]:
             keys.append("paired_differences")
         if searching:
             keys.append("search")
+        if not plots.figure6_trials(study).empty:
+            keys.append("figure6")
     elif {"setup", "labelled_fraction", "loss"} <= set(trials.columns):
         keys.append("table2")
         if plots.boundary_paths(study):
@@ -112,6 +115,14 @@ def _table3(study: Study) -> list[Section]:
                     tables.table3(study))]
 
 
+def _figure6(study: Study) -> list[Section]:
+    chosen = plots.figure6_trials(study)
+    note = ("Predictions of the fine-tuned models on the same fine-tuning test images; each column's "
+            "pre-training is its condition (the thesis shows the binary pre-trained models' predictions).")
+    return [Section("figure6", "Figure 6: the same test images, predictions per condition",
+                    chosen.drop(columns=["path"]), figure=plots.figure6(study), notes=(note,))]
+
+
 def _paired(study: Study) -> list[Section]:
     note = ("Score: mean of the last 5 fine-tuning test mean IUs per trial; difference to the reference "
             "condition over matching (fold, seed) pairs, 95% Student-t interval.")
@@ -139,7 +150,7 @@ def _learning_curves(study: Study) -> list[Section]:
 
 BUILDERS = {"table1": _table1, "figure3": _figure3, "table2": _table2, "figure4": _figure4,
             "figure5": _figure5, "table3": _table3, "paired_differences": _paired, "search": _search,
-            "figure2": _figure2, "learning_curves": _learning_curves}
+            "figure2": _figure2, "learning_curves": _learning_curves, "figure6": _figure6}
 _TOO_FEW_LABELS = {"table1": ("condition", "column"), "figure3": ("condition", "metric"),
                    "table2": ("annotation", "loss"), "figure5": ("setup", "labelled_fraction", "loss"),
                    "table3": ("annotation", "loss"), "search_by_noise": ("noise", "bin", "loss"),

@@ -203,7 +203,9 @@ def write_state_artifacts(state: Mapping[str, Any], folder: Path) -> None:
 
     for key in ("samples", "pretrain_samples"):  # fine-tuning test predictions; noisy pre-training labels
         if state.get(key):
-            render_samples({k: np.asarray(v) for k, v in state[key].items()}, folder / f"{key}.png")
+            arrays = {k: np.asarray(v) for k, v in state[key].items()}
+            render_samples(arrays, folder / f"{key}.png")
+            np.savez_compressed(folder / f"{key}.npz", **arrays)  # the arrays, for analysis (Figure 6)
     if "boundary" in state:
         np.savez_compressed(folder / "boundary.npz", **{k: np.asarray(v) for k, v in state["boundary"].items()})
 
