@@ -18,7 +18,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from trainables.data.synthetic import RECOMMENDED_FINETUNE_PER_CLASS, SyntheticConfig
-from trainables.models import FCN_ALEXNET_MIN_SIZE
+from trainables.models import FCN_ALEXNET_MIN_SIZE, INIT_SCHEMES
 
 # Loss name -> the one parameter it takes (None: no parameter). Mirrors trainables.losses.LOSS_PARAMS;
 # kept here as data so validating a config never imports torch.
@@ -215,6 +215,10 @@ class PretrainFinetuneConfig:
     pretrain_cache: str = spec(str, default="", doc="folder of cached pre-trained extractors")
     data_cache: str = spec(str, default="", doc="folder of cached decoded data sets")
     num_threads: int = spec(int, lo=0, default=0, doc="torch threads; 0 = the trial's CPUs")
+
+    # How g's fresh weights are drawn (trainables.models.INIT_SCHEMES): "xavier" is the thesis's (5.1).
+    init_scheme: str = spec(str, choices=INIT_SCHEMES, default="he", pretrain=True,
+                            doc="fresh g weights: he (He-normal) or xavier (Caffe's filler)")
 
     def __post_init__(self) -> None:
         _check_fields(self)
