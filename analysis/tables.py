@@ -205,9 +205,10 @@ def n_categories(trials: pd.DataFrame) -> pd.Series:
         if recorded is not None and pd.notna(recorded[index]):
             counts.append(float(recorded[index]))
             continue
-        count = pretrain_categories(
-            trial.get("label_transform", "none"), int(trial["fold"]), str(trial.get("data", "synthetic")).partition(":")[0],
-            int(trial.get("num_groups", 0) or 0), trial.get("init", "pretrain"))
+        groups = trial.get("num_groups", 0)
+        data_kind = str(trial.get("data", "synthetic")).partition(":")[0]
+        count = pretrain_categories(trial.get("label_transform", "none"), int(trial["fold"]), data_kind,
+                                    0 if pd.isna(groups) else int(groups), trial.get("init", "pretrain"))
         counts.append(math.nan if count is None else float(count))
     return pd.Series(counts, index=trials.index, dtype=float)
 

@@ -155,8 +155,8 @@ def pretrain_categories(label_transform: str, fold: int, data_kind: str, num_gro
     if label_transform == "superclass":
         return len(set(superclass_mapping(pretrain, source_superclasses(data_kind)).values()))
     if label_transform == "random_groups":
-        if isinstance(num_groups, bool) or not isinstance(num_groups, Integral) or not 1 <= num_groups <= len(pretrain):
-            raise ValueError(f"label_transform='random_groups' needs num_groups in 1..{len(pretrain)}, got {num_groups!r}")
+        if isinstance(num_groups, bool) or not isinstance(num_groups, Integral) or not 1 <= num_groups <= 15:
+            raise ValueError(f"label_transform='random_groups' needs num_groups in 1..15, got {num_groups!r}")
         return int(num_groups)
     raise ValueError(f"label_transform must be one of none, binarize, target, superclass, random_groups, "
                      f"got {label_transform!r}")
