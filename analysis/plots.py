@@ -1,4 +1,4 @@
-"""The thesis's figures (2-5), learning curves and the search's curves, as matplotlib Figures.
+"""The thesis's figures (2-6), learning curves and the search's curves, as matplotlib Figures.
 
 Figures are built with :class:`matplotlib.figure.Figure` directly (no pyplot, so no global figure
 registry and no backend switch: PNGs are written by the Agg canvas). Every function returns the Figure
@@ -128,8 +128,9 @@ def figure2(path: str | Path | None = None, q: float = 0.5, figsize: tuple[float
 
 def figure3(study: Study, path: str | Path | None = None, metrics: Sequence[str] = FIGURE3_METRICS,
             figsize: tuple[float, float] = (10, 4)) -> Figure:
-    """Thesis Figure 3: fine-tuning score against the number of pre-training categories; meaningful
-    categorisations as a line with error bars, random categorisations (RC) as isolated error bars."""
+    """Thesis Figure 3: fine-tuning score against the number of pre-training categories each trial had
+    (:func:`analysis.tables.figure3_frame`); meaningful categorisations as a line with error bars,
+    random categorisations (RC) as isolated error bars. Error bars: the mean of the folds' stds."""
     frame = figure3_frame(study, metrics)
     metrics = [m for m in metrics if frame.loc[frame["metric"] == m, "n_values"].sum() > 0] or list(metrics[:1])
     fig = Figure(figsize=figsize)
@@ -143,7 +144,7 @@ def figure3(study: Study, path: str | Path | None = None, metrics: Sequence[str]
         ax.errorbar(isolated["n_categories"], isolated["mean"], yerr=isolated["std"].fillna(0.0), fmt="s",
                     capsize=4, color="tab:orange", label="random categorisation (RC)")
         ax.set(xlabel="number of pre-training categories", ylabel=metric.split("/")[-1].replace("test_", ""),
-               xticks=[0, 1, 4, 7, 11, 15], title=metric)
+               xticks=sorted(set(points["n_categories"])), title=metric)
         _legend(ax, fontsize="small")
     fig.tight_layout()
     return _save(fig, path)
@@ -207,6 +208,91 @@ def figure5(study: Study, path: str | Path | None = None, figsize: tuple[float, 
                     label=f"{PU_LOSS_NAMES.get(loss, loss)} ({'P+U' if setup == 'pu' else 'P+N'})")
     ax.set(xlabel="labelled positives (%)", ylabel="mean F1", title="F1 against labelled fraction")
     _legend(ax, fontsize="small")
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+# --- Figure 6 -------------------------------------------------------------------------------------
+
+# Figure 6's prediction columns, in the thesis's order: per column the condition of a table3 study,
+# then its table1 counterpart (SigmoidalLoss and table3's CE are binarized; table1's HalfUnsegmented
+# is CE on the exact classes, the closest table1 has).
+FIGURE6_COLUMNS = (("50%Unseg./SigmoidalNeg.", "SigmoidalLoss"), ("50%Unseg./CrossEntropy", "HalfUnsegmented"),
+                   ("Complete/CrossEntropy", "CompleteLabels"))
+SAMPLES_FILE = "samples.npz"  # written by study.tracking.write_state_artifacts from the final checkpoint
+
+
+def figure6_trials(study: Study) -> pd.DataFrame:
+    """The trials Figure 6 draws: for the first fold where at least two of :data:`FIGURE6_COLUMNS` have a
+    finished trial with ``artifacts/<trial_id>/samples.npz``, each column's first such trial (lowest
+    seed). Columns: condition, trial_id, fold, seed, path; empty when no fold qualifies."""
+    columns = ["condition", "trial_id", "fold", "seed", "path"]
+    if study.folder is None:
+        return pd.DataFrame(columns=columns)
+    trials = finished_trials(study).sort_values(["fold", "seed"], kind="stable")
+    rows = []
+    for _, trial in trials.iterrows():
+        path = Path(study.folder) / "artifacts" / str(trial["trial_id"]) / SAMPLES_FILE
+        if path.is_file():
+            rows.append({**{k: trial[k] for k in columns[:4]}, "path": path})
+    found = pd.DataFrame(rows, columns=columns)
+    for _, in_fold in found.groupby("fold", sort=True):
+        chosen = []
+        for candidates in FIGURE6_COLUMNS:
+            match = in_fold[in_fold["condition"].isin(candidates)]
+            if len(match):  # a table3 condition before its table1 counterpart, then the lowest seed
+                order = match["condition"].map(list(candidates).index)
+                chosen.append(match.loc[order.sort_values(kind="stable").index[0]])
+        if len(chosen) >= 2:
+            return pd.DataFrame(chosen, columns=columns).reset_index(drop=True)
+    return pd.DataFrame(columns=columns)
+
+
+def label_colours(label: np.ndarray) -> np.ndarray:
+    """A label map ``(H, W)`` as RGB floats ``(H, W, 3)``: background black, ignore (255) white, class k
+    tab10's colour k-1."""
+    from matplotlib import colormaps
+
+    palette = colormaps["tab10"](np.arange(10))[:, :3]
+    rgb = palette[(label.astype(np.int64) - 1) % 10]
+    rgb[label == 0] = 0.0
+    rgb[label == 255] = 1.0
+    return rgb
+
+
+def figure6(study: Study, path: str | Path | None = None, max_images: int = 4, panel_size: float = 2.0) -> Figure:
+    """Thesis Figure 6: the same test images side by side (rows), with columns image, ground truth and the
+    predictions of the SigmoidalLoss, cross-entropy (both 50% unsegmented) and CompleteLabels models
+    (:func:`figure6_trials`). The trials keep the fine-tuning test split's first images, so the
+    predictions are those of the fine-tuned models transferred from each pre-training."""
+    if isinstance(max_images, bool) or not isinstance(max_images, int) or max_images < 1:
+        raise ValueError(f"max_images must be an integer >= 1, got {max_images!r}")
+    chosen = figure6_trials(study)
+    if chosen.empty:
+        raise ValueError(f"study {study.name!r} has no fold where two of {[c[0] for c in FIGURE6_COLUMNS]} "
+                         f"(or {[c[1] for c in FIGURE6_COLUMNS]}) have a finished trial with artifacts/<trial_id>/"
+                         f"{SAMPLES_FILE}")
+    samples = []
+    for trial in chosen.itertuples():
+        with np.load(trial.path) as arrays:
+            samples.append({key: arrays[key] for key in ("images", "clean", "prediction")})
+    first = samples[0]
+    for trial, other in zip(chosen.itertuples(), samples):
+        if not (np.array_equal(other["images"], first["images"]) and np.array_equal(other["clean"], first["clean"])):
+            raise ValueError(f"trial {trial.trial_id} kept other test images than {chosen['trial_id'].iloc[0]} "
+                             f"(fold {trial.fold}): Figure 6 needs the same images in every column")
+    rows = min(max_images, len(first["images"]))
+    titles = ["image", "ground truth", *chosen["condition"]]
+    fig = Figure(figsize=(panel_size * len(titles), panel_size * rows))
+    axes = np.asarray(fig.subplots(rows, len(titles), squeeze=False))
+    for row in range(rows):
+        axes[row, 0].imshow(np.transpose(first["images"][row], (1, 2, 0)))
+        panels = [first["clean"][row], *(sample["prediction"][row] for sample in samples)]
+        for col, label in enumerate(panels, start=1):
+            axes[row, col].imshow(label_colours(label), interpolation="nearest")
+        for col, title in enumerate(titles):
+            axes[row, col].set(xticks=[], yticks=[], title=title if row == 0 else "")
+    fig.suptitle(f"fold {chosen['fold'].iloc[0]}, seed {chosen['seed'].iloc[0]}: fine-tuning test images")
     fig.tight_layout()
     return _save(fig, path)
 

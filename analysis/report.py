@@ -45,7 +45,8 @@ def _has_values(frame: pd.DataFrame, column: str) -> bool:
 
 def available(study: Study) -> tuple[str, ...]:
     """The section keys the study supports, in report order: for pretrain-finetune studies
-    ``"table1"``, ``"figure3"``, ``"table3"``, ``"paired_differences"``, ``"search"``; for PU studies
+    ``"table1"``, ``"figure3"``, ``"table3"``, ``"paired_differences"``, ``"search"``, ``"figure6"`` (with
+    sample predictions in the artifacts); for PU studies
     ``"table2"``, ``"figure4"``, ``"figure5"``; then ``"figure2"`` and ``"learning_curves"``."""
     trials, history = study.trials, study.history
     keys = []
@@ -65,6 +66,8 @@ def available(study: Study) -> tuple[str, ...]:
             keys.append("paired_differences")
         if searching:
             keys.append("search")
+        if not plots.figure6_trials(study).empty:
+            keys.append("figure6")
     elif {"setup", "labelled_fraction", "loss"} <= set(trials.columns):
         keys.append("table2")
         if plots.boundary_paths(study):
@@ -82,7 +85,8 @@ def available(study: Study) -> tuple[str, ...]:
 def _table1(study: Study) -> list[Section]:
     frame = tables.table1(study)
     notes = ["Cells: mean ± std of finetune/test_mean_iu over the last 5 fine-tuning epochs of every "
-             "finished seed; Average pools all folds."]
+             "finished seed; Average: the mean over all folds' values ± the mean of the folds' stds (the "
+             "thesis's convention; tables/table1.csv also has pooled_std, the std of the values pooled over folds)."]
     return [Section("table1", "Table 1: fine-tuning mean IU per fold", frame, tables.table1_wide(frame), None,
                     tuple(notes + ([tables.TOO_FEW_NOTE] if frame["too_few"].any() else [])))]
 
@@ -109,6 +113,14 @@ def _figure5(study: Study) -> list[Section]:
 def _table3(study: Study) -> list[Section]:
     return [Section("table3", "Table 3: pre-training segmentation on the clean test split",
                     tables.table3(study))]
+
+
+def _figure6(study: Study) -> list[Section]:
+    chosen = plots.figure6_trials(study)
+    note = ("Predictions of the fine-tuned models on the same fine-tuning test images; each column's "
+            "pre-training is its condition (the thesis shows the binary pre-trained models' predictions).")
+    return [Section("figure6", "Figure 6: the same test images, predictions per condition",
+                    chosen.drop(columns=["path"]), figure=plots.figure6(study), notes=(note,))]
 
 
 def _paired(study: Study) -> list[Section]:
@@ -138,7 +150,7 @@ def _learning_curves(study: Study) -> list[Section]:
 
 BUILDERS = {"table1": _table1, "figure3": _figure3, "table2": _table2, "figure4": _figure4,
             "figure5": _figure5, "table3": _table3, "paired_differences": _paired, "search": _search,
-            "figure2": _figure2, "learning_curves": _learning_curves}
+            "figure2": _figure2, "learning_curves": _learning_curves, "figure6": _figure6}
 _TOO_FEW_LABELS = {"table1": ("condition", "column"), "figure3": ("condition", "metric"),
                    "table2": ("annotation", "loss"), "figure5": ("setup", "labelled_fraction", "loss"),
                    "table3": ("annotation", "loss"), "search_by_noise": ("noise", "bin", "loss"),

@@ -11,14 +11,14 @@ from __future__ import annotations
 
 import html
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 
 import numpy as np
 import pandas as pd
 
 from analysis.load import Study
 from trainables.data.base import fold_classes
-from trainables.labels import VOC_CLASSES
+from trainables.labels import VOC_CLASSES, pretrain_categories
 
 FINISHED = "TERMINATED"
 LAST_EPOCHS = 5  # thesis 5.1: "computed over the last five snapshots for all repetitions"
@@ -106,12 +106,26 @@ def trial_last_values(study: Study, metrics: Sequence[str]) -> pd.DataFrame:
 
 def _summary(values: pd.Series, seeds: pd.Series) -> dict[str, float | int]:
     n = int(values.count())
+    std = float(values.std(ddof=STD_DDOF)) if n > STD_DDOF else math.nan
     return {
         "mean": float(values.mean()) if n else math.nan,
-        "std": float(values.std(ddof=STD_DDOF)) if n > STD_DDOF else math.nan,
+        "std": std,
+        "pooled_std": std,
         "n_values": n,
         "n_seeds": int(seeds[values.notna()].nunique()),
     }
+
+
+def _average(values: pd.Series, seeds: pd.Series, cells: Sequence[Mapping[str, object]]) -> dict[str, float | int]:
+    """An Average over folds the thesis's way: the mean of all ``values`` (every fold's last-5 values
+    pooled), ``std`` the mean of the fold ``cells``' stds (thesis Table 1: CompleteLabels 0.29±0.01,
+    0.36±0.01, 0.29±0.01, 0.37±0.01 -> 0.33±0.01; folds without a std left out, NaN if none has one),
+    and ``pooled_std`` the sample std of the pooled values (which also counts the spread between
+    fold means)."""
+    summary = _summary(values, seeds)
+    stds = [float(cell["std"]) for cell in cells if not math.isnan(float(cell["std"]))]
+    summary["std"] = float(np.mean(stds)) if stds else math.nan
+    return summary
 
 
 def ordered_conditions(conditions: Iterable[str]) -> list[tuple[str, str]]:
@@ -148,11 +162,13 @@ def fold_names(study: Study, folds: Iterable[int]) -> dict[int, str]:
 
 def table1(study: Study, metric: str = TABLE1_METRIC) -> pd.DataFrame:
     """Thesis Table 1 as a tidy frame: one row per (condition, fold) cell plus one ``Average`` row per
-    condition that pools the values of all folds.
+    condition: the mean of the values of all folds, ± the mean of the folds' stds (the thesis's
+    Average; see :func:`_average`).
 
     Columns: group, condition, fold (Int64; <NA> on Average rows), column (the header: fold name or
-    "Average"), mean, std, n_values, n_seeds, too_few. A cell is too_few with fewer than 2 seeds; an
-    Average is too_few when any of its folds is. Missing cells have mean NaN and n_values 0.
+    "Average"), mean, std, pooled_std (the sample std of the values pooled over folds on Average rows;
+    equal to std on fold rows), n_values, n_seeds, too_few. A cell is too_few with fewer than 2 seeds;
+    an Average is too_few when any of its folds is. Missing cells have mean NaN and n_values 0.
     """
     tail = finetune_tail(study, metric)
     folds = [int(f) for f in expected_values(study, "folds")]
@@ -172,45 +188,59 @@ def table1(study: Study, metric: str = TABLE1_METRIC) -> pd.DataFrame:
         pooled = pooled[pooled["fold"].isin(folds)]
         rows += cells
         rows.append({"group": group, "condition": condition, "fold": pd.NA, "column": AVERAGE,
-                     **_summary(pooled["value"], pooled["seed"]),
+                     **_average(pooled["value"], pooled["seed"], cells),
                      "too_few": any(cell["too_few"] for cell in cells) or not cells})
-    frame = pd.DataFrame(rows, columns=["group", "condition", "fold", "column", "mean", "std",
+    frame = pd.DataFrame(rows, columns=["group", "condition", "fold", "column", "mean", "std", "pooled_std",
                                         "n_values", "n_seeds", "too_few"])
     return frame.astype({"fold": "Int64", "n_values": int, "n_seeds": int, "too_few": bool})
 
 
 def n_categories(trials: pd.DataFrame) -> pd.Series:
-    """Number of pre-training categories per trial (thesis Figure 3's x axis): 0 for random init,
-    15 for exact labels, 1 binarized (or a single target class), 4 superclasses, num_groups for random
-    groups; NaN for other inits (ImageNet)."""
-    transform = trials["label_transform"]
-    counts = transform.map({"none": 15, "binarize": 1, "target": 1, "superclass": 4}).astype(float)
-    counts = counts.where(transform != "random_groups", trials.get("num_groups", math.nan))
-    init = trials["init"] if "init" in trials.columns else pd.Series("pretrain", index=trials.index)
-    counts = counts.where(init == "pretrain", math.nan)
-    return counts.where(init != "random", 0.0)
+    """Number of pre-training categories per trial (thesis Figure 3's x axis): the ``pretrain_categories``
+    the export recorded, else the same count from the trial's config
+    (:func:`trainables.labels.pretrain_categories`: 0 for random init, 15 exact, 1 binarized or one
+    target, VOC superclasses 4 or 3 (fold 3 holds out person), 5 synthetic shape families, num_groups
+    for random groups); NaN for ImageNet init. Indexed like ``trials``."""
+    recorded = trials["pretrain_categories"] if "pretrain_categories" in trials.columns else None
+    counts = []
+    for index, trial in trials.iterrows():
+        if recorded is not None and pd.notna(recorded[index]):
+            counts.append(float(recorded[index]))
+            continue
+        groups = trial.get("num_groups", 0)
+        data_kind = str(trial.get("data", "synthetic")).partition(":")[0]
+        count = pretrain_categories(trial.get("label_transform", "none"), int(trial["fold"]), data_kind,
+                                    0 if pd.isna(groups) else int(groups), trial.get("init", "pretrain"))
+        counts.append(math.nan if count is None else float(count))
+    return pd.Series(counts, index=trials.index, dtype=float)
 
 
 def figure3_frame(study: Study, metrics: Sequence[str] = FIGURE3_METRICS) -> pd.DataFrame:
-    """Thesis Figure 3's points: per condition and metric, the fold-pooled mean ± std (Table 1's
-    Average) against its number of categories.
+    """Thesis Figure 3's points: per condition, number of pre-training categories and metric, Table 1's
+    Average over the folds whose trials had that many categories (mean of their values ± the mean of
+    their stds, pooled_std as in :func:`table1`). A condition whose count differs between folds (VOC
+    superclasses: 3 in fold 3, 4 elsewhere) gives one point per count.
 
     Columns: condition, n_categories, kind ("random" for random categorisations, "meaningful" for the
-    line: random weights, binarized, superclasses, exact), metric, mean, std, n_values, n_seeds, too_few.
-    Conditions whose number of categories is undefined (ImageNet init) are left out.
+    line: random weights, binarized, superclasses, exact), metric, mean, std, pooled_std, n_values,
+    n_seeds, too_few (a fold with fewer than 2 seeds). Trials without a count (ImageNet init) are left out.
     """
-    trials = study.trials.assign(n_categories=n_categories(study.trials),
-                                 kind=np.where(study.trials["label_transform"] == "random_groups",
-                                               "random", "meaningful"))
-    per_condition = trials.dropna(subset=["n_categories"]).groupby("condition")[["n_categories", "kind"]].first()
-    frames = []
+    trials = finished_trials(study)
+    trials = trials.assign(n_categories=n_categories(trials),
+                           kind=np.where(trials["label_transform"] == "random_groups", "random", "meaningful"))
+    counted = trials.dropna(subset=["n_categories"])[["trial_id", "n_categories", "kind"]]
+    rows = []
     for metric in metrics:
-        averages = table1(study, metric)
-        averages = averages[averages["column"] == AVERAGE].drop(columns=["group", "fold", "column"])
-        frames.append(averages.assign(metric=metric).merge(per_condition, left_on="condition", right_index=True))
-    columns = ["condition", "n_categories", "kind", "metric", "mean", "std", "n_values", "n_seeds", "too_few"]
-    return pd.concat(frames, ignore_index=True)[columns].sort_values(
-        ["metric", "n_categories", "kind"], kind="stable").reset_index(drop=True)
+        tail = finetune_tail(study, metric).merge(counted, on="trial_id")
+        for (condition, count, kind), points in tail.groupby(["condition", "n_categories", "kind"], sort=False):
+            cells = [_summary(values["value"], values["seed"]) for _, values in points.groupby("fold")]
+            rows.append({"condition": condition, "n_categories": count, "kind": kind, "metric": metric,
+                         **_average(points["value"], points["seed"], cells),
+                         "too_few": any(cell["n_seeds"] < MIN_SEEDS for cell in cells)})
+    columns = ["condition", "n_categories", "kind", "metric", "mean", "std", "pooled_std", "n_values", "n_seeds",
+               "too_few"]
+    frame = pd.DataFrame(rows, columns=columns).astype({"n_categories": float, "too_few": bool})
+    return frame.sort_values(["metric", "n_categories", "kind"], kind="stable").reset_index(drop=True)
 
 
 def learning_curves_frame(study: Study, metric: str, x: str = "epoch_total") -> pd.DataFrame:

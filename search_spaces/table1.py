@@ -10,9 +10,11 @@ CONDITIONS = {
     "CompleteLabels": {},
     "HalfUnsegmented": {"noise_unsegment": 0.5},
     # Thesis 5.2: the sigmoidal negative loss on binarized labels, after warmup epochs of
-    # class-weighted cross-entropy (section 4, "implementation details").
+    # class-weighted cross-entropy (section 4, "implementation details"), with Table 3's class
+    # weighting (0.7:1.75, observed-frequency balancing): 5.2 "applied the sigmoidal negative loss
+    # [of Table 3] to the pre-training phase of the experiment ... in Section 5.1" and names no other.
     "SigmoidalLoss": {"noise_unsegment": 0.5, "label_transform": "binarize", "loss": "sigmoidal_neg",
-                      "warmup_epochs": 2},
+                      "warmup_epochs": 2, "class_weighting": True},
     "AllRandomLabels": {"noise_misclassify": 1.0},
     "HalfRandomLabels": {"noise_misclassify": 0.5},
     "BinarizedLabels": {"noise_misclassify": 1.0, "label_transform": "binarize"},

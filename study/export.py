@@ -18,6 +18,7 @@ import pandas as pd
 
 from study.spec import Secrets
 from study.tracking import is_metric, trial_error_text
+from trainables.labels import pretrain_categories
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
 TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error")
@@ -46,6 +47,8 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             "error": secrets.redact(_error_line(trial)) if str(trial.status) == "ERROR" else "",
         }
         row.update(secrets.public({key: trial.config.get(key) for key in config_keys}))
+        if "label_transform" in trial.config:  # a pretrain-finetune trial: Figure 3's x axis, per trial
+            row["pretrain_categories"] = trial_pretrain_categories(trial.config)
         row.update({key: float(value) for key, value in last.items() if is_metric(key, value)})
         trial_rows.append(row)
         frame = dataframes.get(trial.trial_id)
@@ -57,6 +60,15 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             trials_frame[column] = pd.Series(dtype=str)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=list(HISTORY_COLUMNS))
     return _tidy(trials_frame), history
+
+
+def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
+    """The foreground categories of a pretrain-finetune trial's pre-training task
+    (:func:`trainables.labels.pretrain_categories`; 0 without pre-training, NaN for ImageNet weights)."""
+    count = pretrain_categories(config.get("label_transform", "none"), int(config["fold"]),
+                                str(config.get("data", "synthetic")).partition(":")[0],
+                                int(config.get("num_groups") or 0), config.get("init", "pretrain"))
+    return math.nan if count is None else float(count)
 
 
 def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:

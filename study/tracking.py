@@ -204,10 +204,13 @@ def write_state_artifacts(state: Mapping[str, Any], folder: Path) -> None:
                                                            "matrix": matrix}))
     from study.figures import render_samples
 
-    # fine-tuning test predictions; noisy pre-training labels
+    # fine-tuning test predictions; noisy pre-training labels. The arrays go beside the PNGs for analysis
+    # (Figure 6).
     for name, samples in (("samples", checkpoint.samples), ("pretrain_samples", checkpoint.pretrain_samples)):
         if samples:
-            render_samples({k: np.asarray(v) for k, v in samples.items()}, folder / f"{name}.png")
+            arrays = {k: np.asarray(v) for k, v in samples.items()}
+            render_samples(arrays, folder / f"{name}.png")
+            np.savez_compressed(folder / f"{name}.npz", **arrays)
     if checkpoint.boundary is not None:
         np.savez_compressed(folder / "boundary.npz", **{k: np.asarray(v) for k, v in checkpoint.boundary.items()})
 

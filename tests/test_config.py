@@ -77,6 +77,7 @@ FIELD_ERRORS = [
     ("data_cache", 0, "a str"),
     ("num_threads", -1, "an int >= 0"),
     ("num_threads", "2", "an int >= 0"),
+    ("init_scheme", "glorot", "one of 'he', 'xavier'"),
 ]
 
 
@@ -270,6 +271,7 @@ IN_KEY = {
     "batch_size": ({}, 8),
     "image_size": ({}, 32),
     "images_per_class": ({}, 20),
+    "init_scheme": ({}, "xavier"),
 }
 
 

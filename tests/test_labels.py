@@ -88,3 +88,61 @@ def test_random_categories_rejects_bad_n():
         random_categories((1, 2, 3), 4, rng)
     with pytest.raises(ValueError, match=r"n must be an integer in 1..3 \(the number of classes\), got 0"):
         random_categories((1, 2, 3), 0, rng)
+
+
+# --- Figure 3's x axis: the categories a trial's pre-training actually had -------------------------
+
+
+def test_pretrain_categories_fold_3_voc_superclasses_drop_person():
+    from trainables.labels import pretrain_categories
+
+    # Fold 3 fine-tunes on diningtable, dog, horse, motorbike, person: person's superclass is gone.
+    assert VOC_CLASSES.index("person") + 1 in fold_classes(3)[1]
+    assert [pretrain_categories("superclass", fold, "voc") for fold in (1, 2, 3, 4)] == [4, 4, 3, 4]
+    assert pretrain_categories("none", 3, "voc") == 15
+    assert pretrain_categories("binarize", 3, "voc") == pretrain_categories("target", 3, "voc") == 1
+    assert pretrain_categories("random_groups", 3, "voc", num_groups=7) == 7
+    assert pretrain_categories("superclass", 3, "voc", init="random") == 0
+    assert pretrain_categories("none", 3, "voc", init="imagenet") is None
+
+
+def test_pretrain_categories_synthetic_shape_families():
+    from trainables.data.synthetic import SYNTHETIC_CLASSES
+    from trainables.labels import pretrain_categories, source_superclasses
+
+    families = source_superclasses("synthetic")
+    assert sorted(families) == ["box", "cross", "disk", "star", "tri"]
+    assert families["disk"] == (1, 6, 11, 16)
+    assert all(SYNTHETIC_CLASSES[c - 1].endswith("_disk") for c in families["disk"])
+    # every fold keeps 3 of each family's 4 classes, so all 5 families
+    assert [pretrain_categories("superclass", fold, "synthetic") for fold in (1, 2, 3, 4)] == [5, 5, 5, 5]
+
+
+@pytest.mark.parametrize("transform,groups", [("none", 0), ("binarize", 0), ("target", 0), ("superclass", 0),
+                                              ("random_groups", 4), ("random_groups", 11)])
+@pytest.mark.parametrize("kind", ["voc", "synthetic"])
+def test_pretrain_categories_match_the_trainable_head(transform, groups, kind):
+    """The recorded count is the pre-training head's classes minus background, in every fold."""
+    from types import SimpleNamespace
+
+    from trainables.data.sources import pretrain_classes
+    from trainables.labels import pretrain_categories
+
+    data = "synthetic" if kind == "synthetic" else "voc:/nonexistent"
+    for fold in (1, 2, 3, 4):
+        # the fields pretrain_classes reads (a real config would check that the VOC root exists)
+        cfg = SimpleNamespace(data=data, fold=fold, label_transform=transform, num_groups=groups)
+        assert pretrain_categories(transform, fold, kind, groups) == pretrain_classes(cfg) - 1
+
+
+def test_pretrain_categories_rejects_bad_input():
+    from trainables.labels import pretrain_categories
+
+    with pytest.raises(ValueError, match="data_kind must be 'voc' or 'synthetic'.*got 'cifar'"):
+        pretrain_categories("none", 1, "cifar")
+    with pytest.raises(ValueError, match=r"num_groups in 1..15, got 0"):
+        pretrain_categories("random_groups", 1, "voc", num_groups=0)
+    with pytest.raises(ValueError, match="label_transform must be one of .* got 'exact'"):
+        pretrain_categories("exact", 1, "voc")
+    with pytest.raises(ValueError, match="init must be 'pretrain', 'random' or 'imagenet', got 'scratch'"):
+        pretrain_categories("none", 1, "voc", init="scratch")

@@ -103,3 +103,26 @@ def test_bad_inputs_are_rejected():
     with pytest.raises(ValueError, match=r"matrix must be a square \(C, C\) array of counts >= 0"):
         scores_from_matrix(np.ones((2, 3)))
     assert cm.matrix.sum() == 0  # a rejected update counts nothing
+
+
+def test_a_class_in_the_ground_truth_never_predicted_has_precision_0():
+    """scikit-learn's zero_division=0: class 2 (in the ground truth, never predicted) counts as 0 in the
+    mean precision; class 3 (in neither) stays out; class 4 (predicted, never true) is 0 as before."""
+    matrix = np.array([[2, 1, 0, 0, 0],
+                       [0, 2, 0, 0, 0],
+                       [1, 0, 0, 0, 1],
+                       [0, 0, 0, 0, 0],
+                       [0, 0, 0, 0, 0]])
+    scores = scores_from_matrix(matrix)
+    assert scores["precision"][:3] == [2 / 3, 2 / 3, 0.0] and scores["precision"][4] == 0.0
+    assert math.isnan(scores["precision"][3])
+    assert scores["mean_precision"] == pytest.approx((2 / 3 + 2 / 3 + 0 + 0) / 4)  # was 4/9 skipping class 2
+    assert scores["mean_recall"] == pytest.approx((2 / 3 + 1 + 0) / 3)  # class 4 has no recall: not in truth
+    assert scores["mean_f1"] == pytest.approx((2 * 2 / 6 + 2 * 2 / 5 + 0 + 0) / 4)
+
+
+def test_a_collapsed_classifier_gets_no_precision_credit_for_classes_it_never_predicts():
+    # Everything predicted negative (the CE lower baseline at small labelled fractions).
+    scores = scores_from_matrix(np.array([[5, 0], [3, 0]]))
+    assert scores["precision"] == [5 / 8, 0.0]
+    assert scores["mean_precision"] == pytest.approx(5 / 16)  # not 5/8

@@ -57,8 +57,10 @@ def test_figure3_line_for_meaningful_points_and_isolated_random_ones(tmp_path):
     assert png_size(tmp_path / "figure3.png") == (800, 400)
     ax = fig.axes[0]
     line, isolated = ax.lines[0], ax.lines[-1]
-    assert list(line.get_xdata()) == [0, 1, 4, 15] and line.get_linestyle() == "-"
+    # synthetic data: Superclasses are its 5 shape families
+    assert list(line.get_xdata()) == [0, 1, 5, 15] and line.get_linestyle() == "-"
     assert sorted(isolated.get_xdata()) == [4, 7] and isolated.get_linestyle() == "None"
+    assert list(ax.get_xticks()) == [0, 1, 4, 5, 7, 15]
 
 
 def test_figure4_one_panel_per_condition(tmp_path):
@@ -108,3 +110,56 @@ def test_search_curves_png(tmp_path):
     assert png_size(tmp_path / "search.png") == (1000, 400)
     assert [ax.get_title() for ax in fig.axes] == ["noise_unsegment", "noise_misclassify"]
     assert list(fig.axes[0].containers[0].lines[0].get_xdata()) == [0.1, 0.5, 0.9]
+
+
+def write_samples(folder, trials, images, predictions):
+    """artifacts/<trial_id>/samples.npz per trial: the given images, ground truth = image channel 0 % 3,
+    and ``predictions[condition]`` as the prediction."""
+    clean = images[:, 0] % 3
+    for trial in trials.itertuples():
+        target = folder / "artifacts" / trial.trial_id
+        target.mkdir(parents=True, exist_ok=True)
+        np.savez(target / "samples.npz", images=images, clean=clean, prediction=predictions[trial.condition])
+
+
+def test_figure6_same_images_side_by_side_in_the_thesis_order(tmp_path):
+    conditions = ("Complete/CrossEntropy", "50%Unseg./CrossEntropy", "50%Unseg./SigmoidalNeg.")
+    trials, history, meta = pretrain_finetune_frames(conditions, folds=(1, 2), seeds=(0, 1), preset="table3")
+    folder = write_study(tmp_path / "t3", trials, history, meta)
+    g = np.random.default_rng(0)
+    images = g.integers(0, 256, size=(3, 3, 8, 8), dtype=np.uint8)
+    predictions = {c: np.full((3, 8, 8), i, dtype=np.uint8) for i, c in enumerate(conditions)}
+    write_samples(folder, trials, images, predictions)
+    study = load_study(folder)
+    chosen = plots.figure6_trials(study)
+    assert list(chosen["condition"]) == ["50%Unseg./SigmoidalNeg.", "50%Unseg./CrossEntropy", "Complete/CrossEntropy"]
+    assert set(chosen["fold"]) == {1} and set(chosen["seed"]) == {0}
+    fig = plots.figure6(study, tmp_path / "figure6.png", max_images=2, panel_size=1.5)
+    assert png_size(tmp_path / "figure6.png") == (750, 300)  # 5 columns x 2 rows of 1.5 inches
+    axes = np.asarray(fig.axes).reshape(2, 5)
+    assert [ax.get_title() for ax in axes[0]] == ["image", "ground truth", *chosen["condition"]]
+    np.testing.assert_array_equal(axes[1, 0].images[0].get_array(), np.transpose(images[1], (1, 2, 0)))
+    np.testing.assert_array_equal(axes[1, 1].images[0].get_array(), plots.label_colours(images[1, 0] % 3))
+    for col, condition in enumerate(chosen["condition"], start=2):  # each column its own model's prediction
+        np.testing.assert_array_equal(axes[0, col].images[0].get_array(), plots.label_colours(predictions[condition][0]))
+    # background black, ignore white, class 1 tab10 blue
+    colours = plots.label_colours(np.array([[0, 255, 1]]))
+    np.testing.assert_allclose(colours[0, :2], [[0, 0, 0], [1, 1, 1]])
+    assert colours[0, 2, 2] > colours[0, 2, 0]
+
+
+def test_figure6_refuses_other_images_and_a_study_without_samples(tmp_path):
+    conditions = ("CompleteLabels", "SigmoidalLoss")  # a table1 study works too
+    trials, history, meta = pretrain_finetune_frames(conditions, folds=(1,), seeds=(0,), preset="table1")
+    folder = write_study(tmp_path / "t1", trials, history, meta)
+    with pytest.raises(ValueError, match="has no fold where two of"):
+        plots.figure6(load_study(folder))
+    images = np.zeros((2, 3, 4, 4), dtype=np.uint8)
+    write_samples(folder, trials, images, dict.fromkeys(conditions, np.zeros((2, 4, 4), dtype=np.uint8)))
+    assert list(plots.figure6_trials(load_study(folder))["condition"]) == ["SigmoidalLoss", "CompleteLabels"]
+    other = folder / "artifacts" / trials["trial_id"].iloc[0] / "samples.npz"
+    np.savez(other, images=images + 1, clean=images[:, 0], prediction=images[:, 0])
+    with pytest.raises(ValueError, match="kept other test images"):
+        plots.figure6(load_study(folder))
+    with pytest.raises(ValueError, match="max_images must be an integer >= 1, got 0"):
+        plots.figure6(load_study(folder), max_images=0)

@@ -46,11 +46,44 @@ def test_table1_pools_last_five_epochs_of_every_seed(tmp_path):
     assert fold1["std"] == pytest.approx(0.02 * math.sqrt(10 / 9))
     assert (fold1["n_values"], fold1["n_seeds"], fold1["too_few"]) == (10, 2, False)
     assert fold2["mean"] == pytest.approx(0.40) and fold2["std"] == pytest.approx(0.0)
-    # Average pools all 20 values: deviations -0.06 (x5), -0.02 (x5), +0.04 (x10) around 0.36.
+    # Average: the mean of all 20 values, ± the mean of the two folds' stds (the thesis's Average) ...
     assert average["mean"] == pytest.approx(0.36)
-    assert average["std"] == pytest.approx(math.sqrt((5 * 0.06**2 + 5 * 0.02**2 + 10 * 0.04**2) / 19))
+    assert average["std"] == pytest.approx((0.02 * math.sqrt(10 / 9) + 0.0) / 2)
+    # ... and the std of the pooled values: deviations -0.06 (x5), -0.02 (x5), +0.04 (x10) around 0.36.
+    assert average["pooled_std"] == pytest.approx(math.sqrt((5 * 0.06**2 + 5 * 0.02**2 + 10 * 0.04**2) / 19))
+    assert fold1["pooled_std"] == fold1["std"]
     assert average["n_values"] == 20 and pd.isna(average["fold"]) and not average["too_few"]
     assert list(frame["fold"].iloc[:2]) == [1, 2]
+
+
+THESIS_COMPLETE = {1: 0.29, 2: 0.36, 3: 0.29, 4: 0.37}  # thesis Table 1, CompleteLabels, each ± 0.01
+THESIS_HALF_SPREAD = 0.01 * math.sqrt(0.9)  # seed s at mean ± this for 5 epochs: sample std 0.01 over 10
+
+
+def thesis_value(condition, fold, seed, epoch):
+    return EARLY if epoch <= 2 else THESIS_COMPLETE[fold] + (1 if seed else -1) * THESIS_HALF_SPREAD
+
+
+def test_table1_average_std_is_the_mean_of_the_fold_stds_as_in_the_thesis(tmp_path):
+    """Thesis Table 1: 0.29±0.01, 0.36±0.01, 0.29±0.01, 0.37±0.01 -> Average 0.33±0.01 (not ±0.04)."""
+    study = make(tmp_path, folds=(1, 2, 3, 4), value=thesis_value)
+    frame = tables.table1(study)
+    cells = frame[frame["column"] != tables.AVERAGE]
+    np.testing.assert_allclose(cells["std"], 0.01, rtol=1e-9)
+    average = frame[frame["column"] == tables.AVERAGE].iloc[0]
+    assert average["mean"] == pytest.approx(0.3275) and average["std"] == pytest.approx(0.01)
+    # pooled: per fold 10 values at m_f ± d around the grand mean 0.3275; 40 values, ddof 1
+    squares = sum(10 * (m - 0.3275) ** 2 + 10 * THESIS_HALF_SPREAD**2 for m in THESIS_COMPLETE.values())
+    assert average["pooled_std"] == pytest.approx(math.sqrt(squares / 39))
+    assert round(average["pooled_std"], 2) == 0.04
+    assert tables.table1_wide(frame).iloc[0]["Average"] == "0.33 ± 0.01"
+    # the CSV the report writes keeps both stds
+    from analysis.report import write_report
+
+    write_report(study)
+    csv = pd.read_csv(study.folder / "tables" / "table1.csv").set_index("column")
+    assert csv.loc["Average", "std"] == pytest.approx(0.01)
+    assert csv.loc["Average", "pooled_std"] == pytest.approx(math.sqrt(squares / 39))
 
 
 def test_table1_keeps_the_thesis_row_order_and_groups(tmp_path):
@@ -106,8 +139,9 @@ def test_render_table1_text(tmp_path):
     text = tables.render_table1(frame)
     lines = text.splitlines()
     assert lines[0] == "|  | Initial feature extractor | fold 1 (classes 1-5) | fold 2 (classes 6-10) | Average |"
-    assert lines[2] == "| Upper baseline & lower baseline | RandomWeights | 0.22 ± 0.02 | 0.30 ± 0.00 | 0.26 ± 0.04 |"
-    assert lines[3] == "| Inexhaustive Segmentation | CompleteLabels | 0.32 ± 0.02 | 0.40 ± 0.00 | 0.36 ± 0.04 |"
+    # Average std: the mean of the fold stds, (0.0211 + 0.00) / 2
+    assert lines[2] == "| Upper baseline & lower baseline | RandomWeights | 0.22 ± 0.02 | 0.30 ± 0.00 | 0.26 ± 0.01 |"
+    assert lines[3] == "| Inexhaustive Segmentation | CompleteLabels | 0.32 ± 0.02 | 0.40 ± 0.00 | 0.36 ± 0.01 |"
     assert tables.TOO_FEW_NOTE not in text
     html = tables.render_table1(frame, fmt="html")
     assert html.startswith("<table") and "<td>0.32 ± 0.02</td>" in html
@@ -118,7 +152,7 @@ def test_render_table1_text(tmp_path):
 def test_render_marks_too_few_cells(tmp_path):
     frame = tables.table1(make(tmp_path, seeds=(0,)))
     text = tables.render_table1(frame)
-    assert "| 0.30 ± 0.00* | 0.40 ± 0.00* | 0.35 ± 0.05* |" in text and text.endswith(tables.TOO_FEW_NOTE)
+    assert "| 0.30 ± 0.00* | 0.40 ± 0.00* | 0.35 ± 0.00* |" in text  # Average: mean of the fold stds and text.endswith(tables.TOO_FEW_NOTE)
 
 
 def test_fold_names_voc_and_class_names(tmp_path):
@@ -138,12 +172,37 @@ def test_figure3_frame_categories_and_kinds(tmp_path):
                   "RandomGroups11", "Exact")
     frame = tables.figure3_frame(make(tmp_path, conditions, preset="fig3"))
     iu = frame[frame["metric"] == "finetune/test_mean_iu"].set_index("condition")
-    assert iu["n_categories"].to_dict() == {"RandomWeights": 0, "Binarized": 1, "Superclasses": 4,
+    # synthetic data: the superclasses are its 5 shape families
+    assert iu["n_categories"].to_dict() == {"RandomWeights": 0, "Binarized": 1, "Superclasses": 5,
                                             "RandomGroups4": 4, "RandomGroups7": 7, "RandomGroups11": 11, "Exact": 15}
     assert set(iu.index[iu["kind"] == "random"]) == {"RandomGroups4", "RandomGroups7", "RandomGroups11"}
     assert iu.loc["Exact", "mean"] == pytest.approx(0.36)
+    assert iu.loc["Exact", "std"] == pytest.approx(0.02 * math.sqrt(10 / 9) / 2)  # Table 1's Average std
+    assert iu.loc["Exact", "pooled_std"] == pytest.approx(math.sqrt((5 * 0.06**2 + 5 * 0.02**2 + 10 * 0.04**2) / 19))
     acc = frame[frame["metric"] == "finetune/test_mean_acc"].set_index("condition")
     assert acc.loc["Exact", "mean"] == pytest.approx(0.46)  # the hand-made mean acc is mean IU + 0.1
+
+
+def test_figure3_frame_voc_superclasses_fold_3_is_its_own_point(tmp_path):
+    """VOC fold 3 holds out person: its Superclasses trials had 3 categories, the other folds' 4."""
+    def value(condition, fold, seed, epoch):
+        return {2: 0.40, 3: 0.30}[fold] + 0.01 * seed
+
+    trials, history, meta = pretrain_finetune_frames(("Superclasses", "Exact"), folds=(2, 3), value=value,
+                                                     preset="fig3", meta={"data": "voc:/data/voc"})
+    trials["data"] = "voc:/data/voc"
+    study = load_study(write_study(tmp_path / "voc", trials, history, meta))
+    frame = tables.figure3_frame(study, metrics=("finetune/test_mean_iu",))
+    points = {(row.condition, row.n_categories): row for row in frame.itertuples()}
+    assert sorted(points) == [("Exact", 15.0), ("Superclasses", 3.0), ("Superclasses", 4.0)]
+    assert points["Superclasses", 4.0].n_values == 10 and points["Superclasses", 3.0].n_values == 10
+    assert points["Superclasses", 4.0].mean == pytest.approx(0.405)
+    assert points["Superclasses", 3.0].mean == pytest.approx(0.305)
+    assert points["Exact", 15.0].n_values == 20
+    # a recorded pretrain_categories column (what the export writes) wins over the config
+    trials["pretrain_categories"] = np.where(trials["condition"] == "Exact", 15.0, 2.0)
+    study = load_study(write_study(tmp_path / "recorded", trials, history, meta))
+    assert set(tables.figure3_frame(study)["n_categories"]) == {2.0, 15.0}
 
 
 # --- Table 2 / Figure 5 ---------------------------------------------------------------------------

@@ -38,7 +38,7 @@ from trainables.data.synthetic import (
     SyntheticConfig,
 )
 from trainables.loss_table import LOSS_NAMES, LOSSES, losses_using
-from trainables.models import FCN_ALEXNET_MIN_SIZE
+from trainables.models import FCN_ALEXNET_MIN_SIZE, INIT_SCHEMES
 
 LABEL_TRANSFORMS = ("none", "binarize", "superclass", "random_groups", "target")
 INITS = ("pretrain", "random", "imagenet")
@@ -236,6 +236,10 @@ class PretrainFinetuneConfig:
     pretrain_cache: str = spec(str, default="", doc="folder of cached pre-trained extractors")
     data_cache: str = spec(str, default="", doc="folder of cached decoded data sets")
     num_threads: int = spec(int, lo=0, default=0, doc="torch threads; 0 = the trial's CPUs")
+
+    # How g's fresh weights are drawn (trainables.models.INIT_SCHEMES): "xavier" is the thesis's (5.1).
+    init_scheme: str = spec(str, choices=INIT_SCHEMES, default="he", pretrain=True,
+                            doc="fresh g weights: he (He-normal) or xavier (Caffe's filler)")
 
     def __post_init__(self) -> None:
         _check_fields(self)

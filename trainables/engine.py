@@ -85,7 +85,8 @@ def evaluate_classification(
     model: nn.Module, loader: Iterable, num_classes: int, *, device: str | torch.device
 ) -> dict:
     """Classification scores over ``loader``: ``acc``, ``mean_precision``, ``mean_recall``, ``mean_f1``
-    (NaN-skipping means over classes) and ``confusion`` (nested lists, rows truth)."""
+    (means over the classes in the ground truth or the prediction; a class never predicted has
+    precision 0, see :mod:`trainables.metrics`) and ``confusion`` (nested lists, rows truth)."""
     matrix = _confusion(model, loader, num_classes, device)
     scores = matrix.compute()
     return {

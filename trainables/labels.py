@@ -11,7 +11,7 @@ from numbers import Integral
 
 import numpy as np
 
-from trainables.data.base import IGNORE_INDEX
+from trainables.data.base import IGNORE_INDEX, fold_classes
 
 VOC_CLASSES = (
     "aeroplane", "bicycle", "bird", "boat", "bottle", "bus", "car", "cat", "chair", "cow",
@@ -111,3 +111,52 @@ def random_categories(classes: Sequence[int], n: int, rng: np.random.Generator) 
     groups = np.concatenate([np.arange(1, n + 1), rng.integers(1, n + 1, size=len(classes) - n)])
     order = rng.permutation(len(classes))
     return {classes[i]: int(group) for i, group in zip(order, groups)}
+
+
+def source_superclasses(data_kind: str) -> dict[str, tuple[int, ...]]:
+    """The meaningful groups of a segmentation source's class ids (1..20): VOC's four superclasses
+    (``"voc"``), or the synthetic benchmark's shape families (``"synthetic"``: the classes that share a
+    shape, e.g. ``stripes_disk`` and ``checks_disk``), as ``{name: source ids}``."""
+    if data_kind == "voc":
+        return dict(VOC_SUPERCLASSES)
+    if data_kind == "synthetic":
+        from trainables.data.synthetic import SYNTHETIC_CLASSES
+
+        families: dict[str, list[int]] = {}
+        for class_id, name in enumerate(SYNTHETIC_CLASSES, start=1):
+            families.setdefault(name.rsplit("_", 1)[1], []).append(class_id)
+        return {family: tuple(ids) for family, ids in families.items()}
+    raise ValueError(f"data_kind must be 'voc' or 'synthetic' (the segmentation sources), got {data_kind!r}")
+
+
+def pretrain_categories(label_transform: str, fold: int, data_kind: str, num_groups: int = 0,
+                        init: str = "pretrain") -> int | None:
+    """How many foreground categories a trial's pre-training task has (thesis Figure 3's x axis).
+
+    ``none``: the fold's 15 classes; ``binarize`` and ``target`` (false segmentation): 1;
+    ``random_groups``: ``num_groups``; ``superclass``: the superclasses of ``data_kind`` that the
+    fold's pre-training classes fall into (VOC: 4, but 3 in fold 3, which holds out person; synthetic:
+    the 5 shape families). ``init="random"`` has no pre-training: 0; ``init="imagenet"`` is not a
+    pre-training of this study: None.
+    """
+    if data_kind not in ("voc", "synthetic"):
+        raise ValueError(f"data_kind must be 'voc' or 'synthetic' (the segmentation sources), got {data_kind!r}")
+    if init == "random":
+        return 0
+    if init == "imagenet":
+        return None
+    if init != "pretrain":
+        raise ValueError(f"init must be 'pretrain', 'random' or 'imagenet', got {init!r}")
+    pretrain, _ = fold_classes(fold)
+    if label_transform == "none":
+        return len(pretrain)
+    if label_transform in ("binarize", "target"):
+        return 1
+    if label_transform == "superclass":
+        return len(set(superclass_mapping(pretrain, source_superclasses(data_kind)).values()))
+    if label_transform == "random_groups":
+        if isinstance(num_groups, bool) or not isinstance(num_groups, Integral) or not 1 <= num_groups <= 15:
+            raise ValueError(f"label_transform='random_groups' needs num_groups in 1..15, got {num_groups!r}")
+        return int(num_groups)
+    raise ValueError(f"label_transform must be one of none, binarize, target, superclass, random_groups, "
+                     f"got {label_transform!r}")

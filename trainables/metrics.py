@@ -1,7 +1,9 @@
 """Segmentation and classification scores from a confusion matrix (thesis appendix D.2, FCN definitions).
 
-Rows are ground truth, columns predictions. Per-class scores are NaN where their denominator is 0, and
-every mean skips NaN, so a class absent from both ground truth and prediction is left out of the means.
+Rows are ground truth, columns predictions. A class absent from both ground truth and prediction has
+NaN scores and is left out of every mean. A class in the ground truth that is never predicted has
+precision 0 (scikit-learn's ``zero_division=0``), not NaN: a collapsed model that predicts one class
+must not score a high mean precision over the classes it never predicts.
 """
 
 from __future__ import annotations
@@ -28,11 +30,12 @@ def _nanmean(values: np.ndarray) -> float:
 def scores_from_matrix(matrix: np.ndarray) -> dict[str, float | list[float]]:
     """Scores of a ``(C, C)`` count matrix (rows ground truth, columns prediction), as plain Python values.
 
-    ``pixel_acc`` = trace / total; per class ``recall`` = tp / gt, ``precision`` = tp / predicted,
-    ``iu`` = tp / (gt + predicted - tp), ``f1`` = 2 tp / (gt + predicted) (equal to 2PR / (P + R) where
-    both are defined; 0 for a class present but never predicted); ``mean_acc`` = ``mean_recall`` and
-    ``mean_iu``, ``mean_precision``, ``mean_f1`` are NaN-skipping means; ``fw_iu`` weighs each class's
-    IU by its ground-truth frequency.
+    ``pixel_acc`` = trace / total; per class ``recall`` = tp / gt, ``precision`` = tp / predicted (0 for a
+    class in the ground truth but never predicted), ``iu`` = tp / (gt + predicted - tp), ``f1`` = 2 tp /
+    (gt + predicted) (equal to 2PR / (P + R) where both are defined; 0 for a class present but never
+    predicted); ``mean_acc`` = ``mean_recall`` and ``mean_iu``, ``mean_precision``, ``mean_f1`` are
+    means over the classes in the ground truth or the prediction (NaN, the scores of a class in
+    neither, skipped); ``fw_iu`` weighs each class's IU by its ground-truth frequency.
     """
     counts = np.asarray(matrix)
     if counts.ndim != 2 or counts.shape[0] != counts.shape[1] or (counts < 0).any():
@@ -43,7 +46,8 @@ def scores_from_matrix(matrix: np.ndarray) -> dict[str, float | list[float]]:
     predicted = counts.sum(axis=0)
     total = counts.sum()
     recall = _ratio(tp, ground_truth)
-    precision = _ratio(tp, predicted)
+    # zero_division=0: a class in the ground truth that is never predicted has precision 0 (tp = 0).
+    precision = np.where((predicted == 0) & (ground_truth > 0), 0.0, _ratio(tp, predicted))
     iu = _ratio(tp, ground_truth + predicted - tp)
     f1 = _ratio(2 * tp, ground_truth + predicted)
     frequency = ground_truth / total if total > 0 else np.zeros_like(ground_truth)

@@ -20,6 +20,11 @@ import torch.nn.functional as F
 from torch import nn
 
 MODEL_NAMES = ("fcn_alexnet", "small_fcn", "cifar_cnn", "moons_mlp")
+# How g's fresh weights are drawn. "he": He-normal (ReLU nets, PyTorch practice). "xavier": Caffe's
+# "xavier" filler that FCN-AlexNet's solver uses for the layers the thesis calls Xavier-initialised
+# (5.1), U(-sqrt(3 / fan_in), +sqrt(3 / fan_in)); in PyTorch that is kaiming_uniform_ with a = 1
+# (gain sqrt(2 / (1 + a^2)) = 1). h is Xavier-initialised either way (reset_head).
+INIT_SCHEMES = ("he", "xavier")
 FCN_ALEXNET_STRIDE = 32
 # Input pixel x (index, pixel centres at integers) is seen at score-map position (x - 13) / 32: composing
 # (k - 1) / 2 - pad and the strides of conv1 (k11 s4 p100), pool1/2/5 (k3 s2), conv2 (k5 p2), conv3-5
@@ -92,13 +97,19 @@ def reset_head(model: SplitModel, generator: torch.Generator | None = None) -> N
                 layer.bias.zero_()
 
 
-def _init_weights(model: SplitModel, generator: torch.Generator | None) -> SplitModel:
-    """Fresh weights: He-normal for g's convolutions and linear layers (ReLU-family activations), unit
-    scale for normalisation layers, Xavier for h; all draws from ``generator`` (seeded 0 if None)."""
+def _init_weights(model: SplitModel, generator: torch.Generator | None, init_scheme: str = "he") -> SplitModel:
+    """Fresh weights: g's convolutions and linear layers by ``init_scheme`` (see ``INIT_SCHEMES``),
+    zero biases, unit scale for normalisation layers, Xavier for h; all draws from ``generator``
+    (seeded 0 if None)."""
+    if init_scheme not in INIT_SCHEMES:
+        raise ValueError(f"init_scheme must be one of {INIT_SCHEMES}, got {init_scheme!r}")
     generator = torch.Generator().manual_seed(0) if generator is None else generator
     with torch.no_grad():
         for layer in _layers(model.features):
-            nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
+            if init_scheme == "xavier":  # Caffe's xavier filler: variance 1 / fan_in
+                nn.init.kaiming_uniform_(layer.weight, a=1.0, nonlinearity="leaky_relu", generator=generator)
+            else:
+                nn.init.kaiming_normal_(layer.weight, nonlinearity="relu", generator=generator)
             if layer.bias is not None:
                 layer.bias.zero_()
         for norm in model.features.modules():
@@ -166,6 +177,7 @@ def fcn_alexnet(
     num_classes: int,
     backbone_weights: str | os.PathLike | None = None,
     generator: torch.Generator | None = None,
+    init_scheme: str = "he",
 ) -> SplitModel:
     """FCN-32s on AlexNet (thesis 5.1, Long et al.): g = AlexNet conv1-5 + fc6 (6x6 conv, 4096) + fc7
     (1x1 conv, 4096) with ReLU and dropout 0.5; h = a 1x1 score convolution; logits resampled to the input.
@@ -214,7 +226,7 @@ def fcn_alexnet(
         offset=FCN_ALEXNET_OFFSET,
         min_size=FCN_ALEXNET_MIN_SIZE,
     )
-    _init_weights(model, generator)
+    _init_weights(model, generator, init_scheme)
     if state is not None:
         with torch.no_grad():
             _load_alexnet_weights(features, state, Path(backbone_weights))
@@ -259,7 +271,8 @@ class _EncoderDecoder(nn.Module):
         return self.dec1(torch.cat([up, skip1], dim=1))
 
 
-def small_fcn(num_classes: int, width: int = 32, generator: torch.Generator | None = None) -> SplitModel:
+def small_fcn(num_classes: int, width: int = 32, generator: torch.Generator | None = None,
+              init_scheme: str = "he") -> SplitModel:
     """A small fully convolutional encoder-decoder for CPU runs on 64x64 inputs (about 6 ms per
     64x64 image and training step with ``width=32`` on 2 CPU cores).
 
@@ -272,7 +285,7 @@ def small_fcn(num_classes: int, width: int = 32, generator: torch.Generator | No
         raise ValueError(f"width must be an integer in [1, 1024], got {width!r}")
     head = nn.Conv2d(width, num_classes, kernel_size=1)
     model = SplitModel(_EncoderDecoder(width), head, dense=True, stride=2, offset=0)
-    return _init_weights(model, generator)
+    return _init_weights(model, generator, init_scheme)
 
 
 # ----------------------------------------------------------------------------------------- classifiers
@@ -320,7 +333,8 @@ _BUILDERS = {"fcn_alexnet": fcn_alexnet, "small_fcn": small_fcn, "cifar_cnn": ci
 
 def build_model(name: str, num_classes: int, **kwargs) -> SplitModel:
     """The model ``name`` (one of ``MODEL_NAMES``) for ``num_classes`` classes; ``kwargs`` go to its
-    builder (``width``, ``backbone_weights``, ``generator``)."""
+    builder (``width``, ``backbone_weights``, ``generator``; ``init_scheme`` for the segmentation
+    models)."""
     if name not in _BUILDERS:
         raise ValueError(f"model name must be one of {MODEL_NAMES}, got {name!r}")
     return _BUILDERS[name](num_classes, **kwargs)

@@ -357,7 +357,7 @@ def make_optimizer(cfg: PretrainFinetuneConfig, parameters: Any, lr: float, epoc
 
 
 def _model_kwargs(cfg: PretrainFinetuneConfig) -> dict[str, Any]:
-    return {"width": cfg.width} if cfg.model == "small_fcn" else {}
+    return {"init_scheme": cfg.init_scheme, **({"width": cfg.width} if cfg.model == "small_fcn" else {})}
 
 
 def _loss_params(cfg: PretrainFinetuneConfig) -> dict[str, float]:

@@ -18,8 +18,8 @@ of ``REPORT_KEYS``:
 ``train/loss``             mean training loss of the epoch (of the loss in use that epoch)
 ``test/acc``               overall test accuracy with true labels
 ``test/mean_precision``    test precision, recall and F1 averaged over the classes (negative
-``test/mean_recall``       included; a class never predicted has no precision and is left out of
-``test/mean_f1``           that mean, see :mod:`trainables.metrics`)
+``test/mean_recall``       included; a class never predicted counts as precision 0, as with
+``test/mean_f1``           scikit-learn's zero_division=0, see :mod:`trainables.metrics`)
 ``objective``              the mean of the last ``objective_last_k`` test mean F1s
 =========================  ======================================================================
 
