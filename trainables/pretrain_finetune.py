@@ -51,8 +51,8 @@ from trainables.engine import evaluate_segmentation, predict, train_one_epoch
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import build_model, reset_head, transfer_features
 from trainables.pretrain_cache import PretrainCache
-from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, current_trial_id, place_model,
-                               select_device, set_threads, stream_seed, tune_reporter)
+from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, current_trial_id,
+                               place_model, select_device, stream_seed, tune_reporter)
 
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
@@ -71,7 +71,7 @@ NUM_SAMPLES = 4  # example images kept in the final checkpoint for the MLflow sa
 def pretrain_finetune(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: validate ``config``, resume from Tune's checkpoint if any, run."""
     cfg = PretrainFinetuneConfig.from_dict(config)
-    set_threads(cfg.num_threads)
+    begin_trial(cfg.num_threads)  # a reused worker starts clean
     run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
 
 

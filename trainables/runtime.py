@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -131,3 +132,60 @@ def stream_seed(seed: int, stream: str) -> int:
 def set_threads(num_threads: int | None) -> None:
     """Match torch's intra-op threads to the trial's CPUs, so concurrent trials don't oversubscribe."""
     torch.set_num_threads(max(1, num_threads or trial_cpus()))
+
+
+# --- a reused worker starts every trial as a fresh process would --------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """The process-wide torch settings a trial may change and a later trial on the same worker would see
+    (Ray Tune's ``reuse_actors`` runs trial after trial in one process). Autocast and grad mode are
+    thread-local and every trial runs in a new thread, so they need no entry here."""
+
+    rng_state: torch.Tensor  # the default CPU generator (nn.init without a generator, dropout)
+    seed: int  # its seed, also the CUDA generators' seed after a restore
+    default_dtype: torch.dtype
+    deterministic: bool
+    float32_matmul_precision: str
+    mkldnn: bool
+    cudnn_benchmark: bool
+    cudnn_deterministic: bool
+    cudnn_allow_tf32: bool
+    cuda_matmul_allow_tf32: bool
+
+    @classmethod
+    def capture(cls) -> "ProcessState":
+        """The current settings (the generator state is copied)."""
+        return cls(torch.get_rng_state().clone(), torch.initial_seed(), torch.get_default_dtype(),
+                   torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision(),
+                   torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark,
+                   torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+                   torch.backends.cuda.matmul.allow_tf32)
+
+    def restore(self) -> None:
+        """Put every setting back; CUDA generators are reseeded with ``seed`` when CUDA is up."""
+        torch.set_rng_state(self.rng_state)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(self.seed)
+            torch.cuda.empty_cache()  # a previous trial's cached blocks would count against this trial
+        torch.set_default_dtype(self.default_dtype)
+        torch.use_deterministic_algorithms(self.deterministic)
+        torch.set_float32_matmul_precision(self.float32_matmul_precision)
+        torch.backends.mkldnn.enabled = self.mkldnn
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.cuda_matmul_allow_tf32
+
+
+# Captured when the worker first imports this module, before any trial ran in it.
+FRESH_PROCESS_STATE = ProcessState.capture()
+
+
+def begin_trial(num_threads: int | None) -> None:
+    """Start a trial on a worker that may have run other trials (``reuse_actors``): restore the settings
+    of a fresh process (:data:`FRESH_PROCESS_STATE`), then set the trial's threads (:func:`set_threads`),
+    so a trial's metrics do not depend on what ran before it in the same process."""
+    FRESH_PROCESS_STATE.restore()
+    set_threads(num_threads)
