@@ -10,6 +10,7 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
@@ -41,16 +42,52 @@ def load_state(directory: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"checkpoint file {path} is corrupt or not a noisy-transfer checkpoint: {error}") from error
 
 
+CHECKPOINT_SHARE = 0.05  # checkpoints may take at most this share of a trial's wall time
+FINAL_KEY = "confusion"  # the last report's state carries it (the driver's MLflow artifacts): always saved
+
+
+class CheckpointPacer:
+    """Decides which reports carry their checkpoint, so writing them costs at most CHECKPOINT_SHARE of the
+    time. Each checkpoint is due once the time since the previous one ended is at least that one's write
+    time / CHECKPOINT_SHARE. Small models (ms per write) thus keep one per epoch; an FCN-AlexNet on a GPU
+    (~460 MB, seconds per write, sub-second epochs) gets one every few epochs. The first and the final
+    (``FINAL_KEY``) state are always written."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous trial (a reused worker starts a new trial with a checkpoint)."""
+        self.last_end: float | None = None
+        self.last_cost = 0.0
+
+    def due(self, state: dict[str, Any]) -> bool:
+        if self.last_end is None or FINAL_KEY in state:
+            return True
+        return self.clock() - self.last_end >= self.last_cost / CHECKPOINT_SHARE
+
+    def written(self, start: float) -> None:
+        """Record a checkpoint whose writing (and Ray's persisting) began at ``start``."""
+        self.last_end = self.clock()
+        self.last_cost = self.last_end - start
+
+
+CHECKPOINT_PACER = CheckpointPacer()  # one per worker process; begin_trial resets it
+
+
 def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-    """Report to Ray Tune, attaching ``state`` as a checkpoint when given."""
+    """Report to Ray Tune, attaching ``state`` as a checkpoint when given and due (:class:`CheckpointPacer`)."""
     from ray import tune
 
-    if state is None:
+    if state is None or not CHECKPOINT_PACER.due(state):
         tune.report(metrics)
         return
+    start = CHECKPOINT_PACER.clock()
     with tempfile.TemporaryDirectory(prefix="nt-ckpt-") as directory:
         save_state(state, directory)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+    CHECKPOINT_PACER.written(start)
 
 
 def checkpoint_state_from_tune() -> dict[str, Any] | None:
@@ -188,4 +225,5 @@ def begin_trial(num_threads: int | None) -> None:
     of a fresh process (:data:`FRESH_PROCESS_STATE`), then set the trial's threads (:func:`set_threads`),
     so a trial's metrics do not depend on what ran before it in the same process."""
     FRESH_PROCESS_STATE.restore()
+    CHECKPOINT_PACER.reset()
     set_threads(num_threads)
