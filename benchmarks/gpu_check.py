@@ -203,12 +203,18 @@ def ray_with_one_gpu(num_cpus: int) -> Iterator[None]:
         ray.shutdown()
 
 
+def with_ray(args: argparse.Namespace, section: Callable[[], None]) -> None:
+    """Run ``section`` on its own local Ray with one GPU (a Ray that fails to start fails only it)."""
+    with ray_with_one_gpu(max(4, args.cpus)):
+        section()
+
+
 def run_sections(args: argparse.Namespace, device: torch.device, output: Path) -> list[str]:
     """Run each section under the time limits; return the names of those that did not finish."""
     sizes = SIZES["cpu" if args.cpu_dry_run else "gpu"]
     sections = [("step", lambda: section_step(device, sizes)), ("alexnet", lambda: section_alexnet(device, sizes)),
-                ("sharing", lambda: section_sharing(device, sizes, output)),
-                ("smoke", lambda: section_smoke(device, sizes, output))]
+                ("sharing", lambda: with_ray(args, lambda: section_sharing(device, sizes, output))),
+                ("smoke", lambda: with_ray(args, lambda: section_smoke(device, sizes, output)))]
     start, failed = time.perf_counter(), []
     for name, section in sections:
         elapsed = time.perf_counter() - start
@@ -252,7 +258,7 @@ def main(argv: list[str] | None = None) -> int:
         gpu = torch.cuda.get_device_name(0) if device.type == "cuda" else "none (--cpu-dry-run)"
         print(f"gpu_check {time.strftime('%Y-%m-%d %H:%M UTC', time.gmtime())}; {machine_line()}; GPU: {gpu}; "
               f"torch {torch.__version__}")
-        with scratch_folder("nt-gpu-check-") as folder, ray_with_one_gpu(max(4, args.cpus)):
+        with scratch_folder("nt-gpu-check-") as folder:
             failed = run_sections(args, device, folder / "results")
         print(f"\ngpu_check: {'all sections ran' if not failed else 'did not finish: ' + ', '.join(failed)}")
         return 1 if failed else 0
