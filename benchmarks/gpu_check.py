@@ -17,7 +17,7 @@ logical GPU), so CI keeps the script working. A section that fails or runs past 
 prints why and the next one runs; sections that would start after ``--budget`` seconds are skipped. Exit
 status: 0 when every section ran. Run on a GPU node from the repository root with the venv active::
 
-    python benchmarks/gpu_check.py --out gpu_check.txt [--budget 450] [--timeout-per-section 170]
+    python benchmarks/gpu_check.py --out gpu_check.txt [--budget 450] [--timeout-per-section 240]
     python benchmarks/gpu_check.py --cpu-dry-run --out /tmp/gpu_check.txt
 """
 
@@ -47,8 +47,8 @@ from trainables.runtime import autocast_dtype, place_model, save_state  # noqa: 
 VOC_EPOCH_IMAGES = 4000  # search_spaces/base.py: the VOC epochs are sized for ~4000 images at batch 20
 CHECKPOINT_LIMIT = 0.05  # a checkpoint per epoch may cost at most 5% of the epoch
 SIZES = {  # full size on a GPU; tiny for --cpu-dry-run (same code, seconds on a CPU)
-    "gpu": {"step": (32, 64, 32), "alexnet": (20, 128), "trial": {"image_size": 64, "images_per_class": 20,
-            "epochs_pretrain": 4, "epochs_finetune": 4, "width": 32}, "calls": 10, "warmup": 2},
+    "gpu": {"step": (32, 64, 32), "alexnet": (20, 128), "trial": {"image_size": 64, "images_per_class": 10,
+            "epochs_pretrain": 3, "epochs_finetune": 3, "width": 32}, "calls": 10, "warmup": 2},
     "cpu": {"step": (2, 32, 8), "alexnet": (1, 32), "trial": {"image_size": 32, "images_per_class": 2,
             "epochs_pretrain": 1, "epochs_finetune": 1, "width": 8, "batch_size": 8}, "calls": 1, "warmup": 0},
 }
@@ -240,7 +240,7 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--cpu-dry-run", action="store_true", help="tiny sizes on the CPU, same code paths")
     parser.add_argument("--out", type=Path, default=None, help="also write all output to this file")
     parser.add_argument("--budget", type=int, default=450, help="seconds; later sections are skipped")
-    parser.add_argument("--timeout-per-section", type=int, default=170, help="seconds per section")
+    parser.add_argument("--timeout-per-section", type=int, default=240, help="seconds per section")
     parser.add_argument("--cpus", type=int, default=min(8, os.cpu_count() or 1),
                         help="CPUs of the local Ray (>= 4: four trials share the GPU at once)")
     args = parser.parse_args(argv)
