@@ -43,6 +43,7 @@ def load_state(directory: str | os.PathLike) -> dict[str, Any]:
 
 
 CHECKPOINT_SHARE = 0.05  # checkpoints may take at most this share of a trial's wall time
+COPIES = 2  # a checkpoint is written once here and copied once by Ray into the study's storage
 FINAL_KEY = "confusion"  # the last report's state carries it (the driver's MLflow artifacts): always saved
 
 
@@ -68,9 +69,10 @@ class CheckpointPacer:
         return self.clock() - self.last_end >= self.last_cost / CHECKPOINT_SHARE
 
     def written(self, start: float) -> None:
-        """Record a checkpoint whose writing (and Ray's persisting) began at ``start``."""
+        """Record a checkpoint whose write began at ``start``; Ray then copies the same bytes to the study's
+        storage (COPIES in all), and the next checkpoint waits for both to fit the share."""
         self.last_end = self.clock()
-        self.last_cost = self.last_end - start
+        self.last_cost = COPIES * (self.last_end - start)
 
 
 CHECKPOINT_PACER = CheckpointPacer()  # one per worker process; begin_trial resets it
@@ -83,11 +85,12 @@ def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None
     if state is None or not CHECKPOINT_PACER.due(state):
         tune.report(metrics)
         return
-    start = CHECKPOINT_PACER.clock()
     with tempfile.TemporaryDirectory(prefix="nt-ckpt-") as directory:
+        # Only the write is timed: tune.report also waits for the Tune controller to take the result.
+        start = CHECKPOINT_PACER.clock()
         save_state(state, directory)
+        CHECKPOINT_PACER.written(start)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
-    CHECKPOINT_PACER.written(start)
 
 
 def checkpoint_state_from_tune() -> dict[str, Any] | None:
