@@ -1,34 +1,42 @@
-"""What does the study machinery cost one trial? (Ray Tune, MLflow logging, a checkpoint every epoch)
+"""What does the study machinery cost a trial, and what does reusing workers save? (Ray Tune, MLflow
+logging, a checkpoint every epoch)
 
-Runs one pretrain-then-finetune trial of about a minute twice, side by side in one process run:
+Runs, side by side in one process run:
 
-1. bare: the same training as a plain PyTorch loop in this process (load the data, pre-train with a
+1. bare: one trial's training as a plain PyTorch loop in this process (load the data, pre-train with a
    validation pass per epoch and a test pass at the end, transfer g, fine-tune with a test pass per epoch),
    with no reports and no checkpoints;
-2. study: the same trial through ``study/run.py``'s ``main()`` on a fresh local Ray with the trial's
-   CPUs: Tune trial actor, a report and a checkpoint per epoch, MLflow child run and artifacts.
+2. study without reuse: ``--trials`` trials (seeds) of the same config through ``study/run.py``'s ``main()``
+   on a fresh local Ray with the trial's CPUs, one at a time, each in a fresh worker process
+   (``reuse_actors=False``, Ray Tune's default): Tune trial actor, a report and a checkpoint per epoch,
+   MLflow child run and artifacts;
+3. study with reuse: the same study as study/driver.py runs it, ``reuse_actors=True``: the second and later
+   trials run in the first trial's worker (no new process, no second torch import).
 
-``--direct`` adds a third side: the trainable's ``run()`` in this process with a no-op reporter, which
-splits the overhead between the trainable itself and Ray + MLflow.
+``--direct`` adds a side: the trainable's ``run()`` in this process with a no-op reporter, which splits
+the overhead between the trainable itself and Ray + MLflow.
 
-Prints each side's wall time, the per-epoch times, what a checkpoint costs, the study's fixed costs
-(Ray start, MLflow parent run, parquet export) and last the ratio of the trial's wall time through the
-machinery (``Tuner.fit`` of the one-trial study; Ray's start-up is a per-study cost and is left out) to
-the bare loop's. The defaults make a trial of about a minute on one CPU, the study's default
-``--cpus-per-trial``. Target: <= 1.10 for a trial of a minute or more::
+Prints each side's wall time, the per-epoch times, what a checkpoint costs, the fixed cost per trial
+outside the trainable (``Tuner.fit`` minus the time inside the trials, per trial) with and without reuse,
+and last the ratio of the trials' wall time through the machinery (``Tuner.fit``; Ray's start-up is a
+per-study cost and is left out) to ``--trials`` bare loops. The defaults make trials of about a minute on
+one CPU, the study's default ``--cpus-per-trial``. Targets: fixed cost <= 1.0 s per trial and ratio
+<= 1.03 with reuse::
 
-    python benchmarks/overhead.py [--cpus 1] [--image-size 64] [--images-per-class 60]
+    python benchmarks/overhead.py [--cpus 1] [--image-size 64] [--images-per-class 60] [--trials 3]
         [--epochs-pretrain 13] [--epochs-finetune 20] [--repeats 1] [--direct] [--keep]
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import math
 import os
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 import torch
@@ -46,7 +54,8 @@ from trainables.models import build_model, reset_head, transfer_features  # noqa
 from trainables.pretrain_finetune import make_optimizer  # noqa: E402
 from trainables.runtime import save_state, stream_seed  # noqa: E402
 
-TARGET = 1.10
+TARGET = 1.03  # trials through the study / the same trials as bare loops
+FIXED_TARGET = 1.0  # seconds per trial outside the trainable
 PRESET = "bench-overhead"
 
 
@@ -111,16 +120,39 @@ def direct_run(cfg: PretrainFinetuneConfig) -> dict:
     return {"wall": time.perf_counter() - start, "mean_iu": last["finetune/test_mean_iu"]}
 
 
-def study_side(output: Path, name: str, cpus: int) -> dict:
-    """The same trial through ``study/run.py`` on the running local Ray: wall times and Tune's frame."""
+@contextlib.contextmanager
+def actor_reuse(reuse: bool) -> Iterator[None]:
+    """Force Ray Tune's ``reuse_actors`` for the Tuners built inside (study/driver.py turns it on)."""
+    from ray import tune
+
+    original = tune.Tuner.__init__
+
+    def init(self, *args, tune_config=None, **kwargs):
+        if tune_config is not None:
+            tune_config.reuse_actors = reuse
+        original(self, *args, tune_config=tune_config, **kwargs)
+
+    tune.Tuner.__init__ = init
+    try:
+        yield
+    finally:
+        tune.Tuner.__init__ = original
+
+
+def study_side(output: Path, name: str, cpus: int, seed: int, reuse: bool) -> dict:
+    """The preset's trials through ``study/run.py``, one at a time, on the running local Ray, with or
+    without worker reuse: wall times, Tune's frames, the worker processes the trials ran in."""
     fits: list[float] = []
-    with timed_fits(fits):
+    with timed_fits(fits), actor_reuse(reuse):
         study_s = run_cli(["--preset", PRESET, "--output", str(output), "--name", name,
                            "--cpus-per-trial", str(cpus), "--max-concurrent", "1"])
-    (frame,) = tune_results(output / "ray", name).values()
+    frames = list(tune_results(output / "ray", name).values())
     trials, history = read_study(output / name)
-    return {"fit": fits[0], "wall": study_s, "frame": frame, "inside": float(frame["time_total_s"].iloc[-1]),
-            "mean_iu": float(trials["finetune/test_mean_iu"].iloc[0]), "epochs": epochs_spent(history)}
+    first = trials[trials["seed"] == seed]
+    inside = [float(frame["time_total_s"].iloc[-1]) for frame in frames]
+    return {"fit": fits[0], "wall": study_s, "frame": frames[0], "inside": sum(inside), "trials": len(frames),
+            "fixed": (fits[0] - sum(inside)) / len(frames), "workers": len({int(f["pid"].iloc[0]) for f in frames}),
+            "mean_iu": float(first["finetune/test_mean_iu"].iloc[0]), "epochs": epochs_spent(history)}
 
 
 def main() -> None:
@@ -134,16 +166,20 @@ def main() -> None:
     parser.add_argument("--epochs-finetune", type=int, default=20)
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternate bare and study this often and keep each side's fastest (shared cores)")
+    parser.add_argument("--trials", type=int, default=3,
+                        help="trials per study (seeds), one at a time: with reuse, trials 2.. reuse the worker")
     parser.add_argument("--direct", action="store_true", help="also time the trainable's run() without Ray")
     parser.add_argument("--keep", action="store_true", help="keep the temporary study folder")
     args = parser.parse_args()
 
+    if args.trials < 2:
+        parser.error(f"--trials must be >= 2 (reuse starts with the second trial), got {args.trials}")
     sizes = {"image_size": args.image_size, "images_per_class": args.images_per_class,
              "finetune_train_per_class": min(10, args.images_per_class), "epochs_pretrain": args.epochs_pretrain,
              "epochs_finetune": args.epochs_finetune, "warmup_epochs": 0}
-    register_preset(PRESET, base=sizes)
+    register_preset(PRESET, base=sizes, seeds=args.trials)
     print(machine_line())
-    bares, directs, studies = [], [], []
+    bares, directs, studies = [], [], {True: [], False: []}
     with scratch_folder("nt-bench-overhead-", keep=args.keep) as folder:
         output = folder / "results"
         # The study's own trial config (preset defaults, data cache), so both sides train the same thing.
@@ -157,27 +193,35 @@ def main() -> None:
                 if args.direct:
                     directs.append(direct_run(cfg))
                     print(f"[{repeat}] run() without Ray: {directs[-1]['wall']:.1f} s, {machine_line()}", flush=True)
-                studies.append(study_side(output, f"overhead-{repeat}", args.cpus))
-                print(f"[{repeat}] study: trial {studies[-1]['fit']:.1f} s, end to end {studies[-1]['wall']:.1f} s, "
-                      f"{machine_line()}", flush=True)
+                for reuse in (False, True):  # side by side, alternated per repeat
+                    side = study_side(output, f"overhead-{repeat}-{'reuse' if reuse else 'fresh'}", args.cpus,
+                                      cfg.seed, reuse)
+                    studies[reuse].append(side)
+                    print(f"[{repeat}] study, reuse_actors={reuse}: {side['trials']} trials {side['fit']:.1f} s, "
+                          f"{side['workers']} worker process(es), {machine_line()}", flush=True)
+    report(args, bares, directs, studies)
 
+
+def report(args: argparse.Namespace, bares: list[dict], directs: list[dict], studies: dict[bool, list[dict]]) -> None:
+    """Print each side's best figures, the fixed cost per trial with and without reuse, and the ratios."""
     bare = min(bares, key=lambda side: side["wall"])
-    study = min(studies, key=lambda side: side["fit"])
+    best = {reuse: min(sides, key=lambda side: side["fit"]) for reuse, sides in studies.items()}
+    study = best[True]
     per_report = study["frame"]["time_this_iter_s"].to_numpy()
     pretrain_n = args.epochs_pretrain
     print()
     print(f"trial: {args.epochs_pretrain} pre-training + {args.epochs_finetune} fine-tuning epochs, "
-          f"{args.images_per_class} images/class at {args.image_size} px, {args.cpus} CPU(s); study epochs spent "
-          f"{study['epochs']}; best of {args.repeats}")
+          f"{args.images_per_class} images/class at {args.image_size} px, {args.cpus} CPU(s); {args.trials} trials "
+          f"one at a time per study; best of {args.repeats}")
     print(f"bare loop wall            {bare['wall']:7.1f} s   (data load {bare['load']:.1f} s; fine-tuning test "
           f"mean IU {bare['mean_iu']:.4f})")
     if directs:
         direct = min(directs, key=lambda side: side["wall"])
         print(f"run(), no Ray             {direct['wall']:7.1f} s   (fine-tuning test mean IU {direct['mean_iu']:.4f})")
-    print(f"study trial (Tuner.fit)   {study['fit']:7.1f} s   (inside the trial actor {study['inside']:.1f} s; "
-          f"fine-tuning test mean IU {study['mean_iu']:.4f})")
-    print(f"study end to end          {study['wall']:7.1f} s   (+ Ray start-up is outside: one Ray for all sides; "
-          f"MLflow parent run, export, summary: {study['wall'] - study['fit']:.1f} s)")
+    for reuse, side in best.items():
+        print(f"study, reuse_actors={str(reuse):5}  {side['fit']:7.1f} s for {side['trials']} trials in "
+              f"{side['workers']} worker(s) (inside the trials {side['inside']:.1f} s; first trial's mean IU "
+              f"{side['mean_iu']:.4f}; end to end {side['wall']:.1f} s)")
     for name, bare_times, study_times in (
         ("pre-training", bare["times"]["pretrain"], per_report[:pretrain_n]),
         ("fine-tuning", bare["times"]["finetune"], per_report[pretrain_n:]),
@@ -188,19 +232,21 @@ def main() -> None:
         study_mean = float(study_times[skip:].mean())
         print(f"{name:>13} epoch: bare {bare_mean:6.2f} s, study {study_mean:6.2f} s (report + checkpoint "
               f"included), difference {study_mean - bare_mean:+.2f} s")
-    print(f"trial start and finish outside the trainable (actor start, imports, MLflow child run, artifacts): "
-          f"{study['fit'] - study['inside']:.1f} s")
     print(f"checkpoint write: {bare['checkpoint_s'] * 1000:.1f} ms for {bare['checkpoint_bytes'] / 1e6:.2f} MB "
           f"(the fine-tuned model)")
-    if bare["mean_iu"] != study["mean_iu"]:
-        print(f"note: the sides' mean IUs differ ({bare['mean_iu']:.6f} vs {study['mean_iu']:.6f})")
-    ratio = study["fit"] / bare["wall"]
-    if not math.isfinite(ratio):
+    for reuse, side in best.items():
+        if bare["mean_iu"] != side["mean_iu"]:
+            print(f"note: mean IUs differ (bare {bare['mean_iu']:.6f}, reuse_actors={reuse} {side['mean_iu']:.6f})")
+    print(f"fixed cost per trial outside the trainable (actor start, imports, MLflow child run, artifacts): "
+          f"without reuse {best[False]['fixed']:.2f} s, with reuse {best[True]['fixed']:.2f} s "
+          f"(target <= {FIXED_TARGET:.1f} s: {verdict(best[True]['fixed'] <= FIXED_TARGET)})")
+    ratios = {reuse: side["fit"] / (side["trials"] * bare["wall"]) for reuse, side in best.items()}
+    if not all(math.isfinite(r) for r in ratios.values()):
         raise SystemExit("no ratio: a side did not finish")
-    note = "" if bare["wall"] >= 60.0 else " (this trial is shorter than the target's minute)"
-    print(f"ratio end-to-end/bare {study['wall'] / bare['wall']:.3f}")
-    print(f"ratio trial/bare {ratio:.3f} (target <= {TARGET:.2f}: {verdict(ratio <= TARGET)}){note}")
-
+    note = "" if bare["wall"] >= 60.0 else " (a trial shorter than the target's minute)"
+    print(f"ratio trials/bare without reuse {ratios[False]:.3f}")
+    print(f"ratio trials/bare {ratios[True]:.3f} (with reuse; target <= {TARGET:.2f}: "
+          f"{verdict(ratios[True] <= TARGET)}){note}")
 
 if __name__ == "__main__":
     main()

@@ -265,6 +265,7 @@ def run_study(spec: StudySpec) -> Path:
             param_space = grid_param_space(configs)
             tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode,
                                           max_concurrent_trials=spec.max_concurrent or None)
+        tune_config.reuse_actors = True  # a worker runs trial after trial (runtime.begin_trial resets it)
         # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
         os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
         run_config = tune.RunConfig(

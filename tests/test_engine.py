@@ -99,6 +99,29 @@ def test_evaluate_segmentation_counts_exactly():
     assert scores["mean_iu"] == pytest.approx(0.5)
 
 
+
+def test_evaluation_equals_the_old_per_batch_host_counts(monkeypatch):
+    """A trained-from-init small_fcn over a loader of several batches: the confusion matrix and scores
+    counted on the device and read once equal the old per-batch host accumulation exactly."""
+    from trainables.metrics import scores_from_matrix
+
+    torch.manual_seed(0)
+    model = small_fcn(2, width=4, generator=torch.Generator().manual_seed(0))
+    loader = make_loader(_tiny_dataset(), 3, shuffle=False, augment=False, seed=0)
+    reads = []
+    real = torch.Tensor.cpu
+    monkeypatch.setattr(torch.Tensor, "cpu", lambda self, *a, **k: reads.append(1) or real(self, *a, **k))
+    scores = evaluate_segmentation(model, loader, 2, device="cpu")
+    assert len(reads) == 1  # one copy for the whole evaluation, not one per batch (2 batches here)
+    monkeypatch.undo()
+    old = np.zeros((2, 2), dtype=np.int64)
+    for inputs, labels in loader:
+        pred, target = predict(model, inputs, device="cpu").reshape(-1), labels.reshape(-1).long()
+        keep = target != IGNORE_INDEX
+        old += torch.bincount(target[keep] * 2 + pred[keep], minlength=4).reshape(2, 2).cpu().numpy()
+    assert scores["confusion"] == old.tolist()
+    assert {k: v for k, v in scores.items() if k != "confusion"} == scores_from_matrix(old)
+
 def test_evaluate_classification_and_predict():
     inputs = torch.tensor([[0.0, 9.0], [1.0, 9.0], [1.0, 9.0], [0.0, 9.0]])
     labels = torch.tensor([0, 1, 0, 0])

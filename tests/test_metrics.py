@@ -126,3 +126,68 @@ def test_a_collapsed_classifier_gets_no_precision_credit_for_classes_it_never_pr
     scores = scores_from_matrix(np.array([[5, 0], [3, 0]]))
     assert scores["precision"] == [5 / 8, 0.0]
     assert scores["mean_precision"] == pytest.approx(5 / 16)  # not 5/8
+
+
+# --- device-side accumulation: no host copy per batch, the old per-batch host result exactly ----------
+
+
+def old_host_counts(batches: list[tuple[torch.Tensor, torch.Tensor]], c: int) -> np.ndarray:
+    """The accumulation before counts stayed on the device: mask, bincount, ``.cpu().numpy()`` per batch."""
+    matrix = np.zeros((c, c), dtype=np.int64)
+    for pred, target in batches:
+        pred, target = pred.reshape(-1).long(), target.reshape(-1).long()
+        keep = (target != 255) & (target >= 0) & (target < c)
+        counts = torch.bincount(target[keep] * c + pred[keep], minlength=c * c).reshape(c, c)
+        matrix += counts.cpu().numpy()
+    return matrix
+
+
+def test_device_counts_equal_the_old_per_batch_host_counts_exactly():
+    generator = torch.Generator().manual_seed(3)
+    c = 6
+    batches = []
+    for size in (1, 7, 16, 3):
+        target = torch.randint(0, c, (size, 9, 11), generator=generator)
+        target[torch.rand(target.shape, generator=generator) < 0.2] = 255
+        target[0, 0, :2] = torch.tensor([-1, c])  # outside 0..C-1: skipped like the ignore index
+        batches.append((torch.randint(0, c, target.shape, generator=generator), target))
+    cm = ConfusionMatrix(c)
+    for pred, target in batches:
+        cm.update(pred, target)
+    np.testing.assert_array_equal(cm.matrix, old_host_counts(batches, c))
+    assert cm.matrix.dtype == np.int64
+    cm.update(*batches[0])  # counting continues after a read
+    np.testing.assert_array_equal(cm.matrix, old_host_counts(batches + batches[:1], c))
+
+
+def test_torch_batches_are_never_read_back_per_batch():
+    # Meta tensors hold no data: any host read (.item(), bool(), .cpu(), boolean indexing) would raise.
+    cm = ConfusionMatrix(4)
+    for _ in range(3):
+        cm.update(torch.zeros(2, 5, 5, dtype=torch.long, device="meta"),
+                  torch.zeros(2, 5, 5, dtype=torch.long, device="meta"))
+    assert cm._pending is not None and cm._pending.device.type == "meta"
+
+
+def test_bad_device_prediction_raises_on_read_and_counts_nothing():
+    cm = ConfusionMatrix(3)
+    cm.update(torch.tensor([0, 1]), torch.tensor([0, 1]))
+    cm.update(torch.tensor([5, 0, -2, 7]), torch.tensor([0, 0, 1, 255]))  # 7 is on an ignored pixel
+    with pytest.raises(ValueError, match=r"pred values must be in 0..2, got 2 predictions from -2 to 5"):
+        cm.compute()
+    assert cm.matrix.sum() == 0  # neither batch since the last read was counted
+    cm.update(torch.tensor([2]), torch.tensor([2]))
+    cm.update(torch.zeros(0, dtype=torch.long), torch.zeros(0, dtype=torch.long))  # an empty batch
+    np.testing.assert_array_equal(cm.matrix, [[0, 0, 0], [0, 0, 0], [0, 0, 1]])
+
+
+def test_mixed_numpy_torch_merge_and_reset_keep_one_matrix():
+    cm, other = ConfusionMatrix(3), ConfusionMatrix(3)
+    cm.update(torch.as_tensor(PRED), torch.as_tensor(TARGET))
+    cm.update(PRED, TARGET)
+    other.update(torch.as_tensor(PRED), torch.as_tensor(TARGET))
+    cm.merge(other)
+    np.testing.assert_array_equal(cm.matrix, 3 * np.array(MATRIX))
+    cm.update(torch.as_tensor(PRED), torch.as_tensor(TARGET))
+    cm.reset()  # drops the device counts too
+    assert cm.matrix.sum() == 0

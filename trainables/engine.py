@@ -67,6 +67,8 @@ def predict(model: nn.Module, inputs: torch.Tensor, *, device: str | torch.devic
 
 
 def _confusion(model: nn.Module, loader: Iterable, num_classes: int, device: str | torch.device) -> ConfusionMatrix:
+    """Count every batch of ``loader`` on ``device``; the counts reach the host once, when the caller
+    reads ``matrix`` or ``compute()`` (no GPU sync per batch)."""
     matrix = ConfusionMatrix(num_classes)
     for inputs, labels in loader:
         matrix.update(predict(model, inputs, device=device), labels.to(device))

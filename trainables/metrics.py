@@ -15,6 +15,8 @@ import torch
 
 from trainables.data.base import IGNORE_INDEX
 
+_INT64 = torch.iinfo(torch.int64)
+
 
 def _ratio(numerator: np.ndarray, denominator: np.ndarray) -> np.ndarray:
     out = np.full(numerator.shape, np.nan)
@@ -68,42 +70,85 @@ def scores_from_matrix(matrix: np.ndarray) -> dict[str, float | list[float]]:
 
 
 class ConfusionMatrix:
-    """Accumulates a ``(C, C)`` int64 count matrix (rows ground truth, columns prediction) over batches."""
+    """Accumulates a ``(C, C)`` int64 count matrix (rows ground truth, columns prediction) over batches.
+
+    Torch batches are counted on their own device and stay there: nothing is copied to the host, and a
+    GPU never waits, until ``matrix`` (or ``compute``) is read, once per evaluation.
+    """
 
     def __init__(self, num_classes: int, ignore_index: int = IGNORE_INDEX):
         if isinstance(num_classes, bool) or not isinstance(num_classes, Integral) or num_classes < 1:
             raise ValueError(f"num_classes must be an integer >= 1, got {num_classes!r}")
         self.num_classes = int(num_classes)
         self.ignore_index = ignore_index
-        self.matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        self._matrix = np.zeros((self.num_classes, self.num_classes), dtype=np.int64)
+        # Device-side counts not yet on the host: C*C cells, one bin for skipped pixels, then the count,
+        # smallest and largest of the out-of-range predictions (checked when the counts are read).
+        self._pending: torch.Tensor | None = None
+
+    @property
+    def matrix(self) -> np.ndarray:
+        """The ``(C, C)`` int64 counts so far (copies any device counts to the host first)."""
+        self._flush()
+        return self._matrix
 
     def update(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
         """Count predicted class ids against targets of any equal shape (e.g. ``(N, H, W)``).
 
         Targets equal to ``ignore_index`` or outside 0..C-1 are skipped; a counted prediction outside
-        0..C-1 is a ValueError. Torch tensors are counted on their own device.
+        0..C-1 is a ValueError. NumPy batches are checked at once; torch batches are counted on their
+        own device without a host sync, so theirs is raised when ``matrix`` or ``compute`` is next read,
+        and then none of the batches since the last read is counted.
         """
         if tuple(pred.shape) != tuple(target.shape):
             raise ValueError(
                 f"pred and target must have the same shape, got {tuple(pred.shape)} and {tuple(target.shape)}"
             )
-        c = self.num_classes
         if isinstance(pred, torch.Tensor) or isinstance(target, torch.Tensor):
-            device = pred.device if isinstance(pred, torch.Tensor) else target.device
-            pred = torch.as_tensor(pred, device=device).reshape(-1).long()
-            target = torch.as_tensor(target, device=device).reshape(-1).long()
-            lib = torch
-        else:
-            pred = np.asarray(pred).reshape(-1).astype(np.int64)
-            target = np.asarray(target).reshape(-1).astype(np.int64)
-            lib = np
+            self._update_on_device(pred, target)
+            return
+        c = self.num_classes
+        pred = np.asarray(pred).reshape(-1).astype(np.int64)
+        target = np.asarray(target).reshape(-1).astype(np.int64)
         keep = (target != self.ignore_index) & (target >= 0) & (target < c)
         pred, target = pred[keep], target[keep]
         bad = (pred < 0) | (pred >= c)
         if bad.any():
-            raise ValueError(f"pred values must be in 0..{c - 1}, got {lib.unique(pred[bad]).tolist()}")
-        counts = lib.bincount(target * c + pred, minlength=c * c).reshape(c, c)
-        self.matrix += counts.cpu().numpy() if lib is torch else counts
+            raise ValueError(f"pred values must be in 0..{c - 1}, got {np.unique(pred[bad]).tolist()}")
+        self._matrix += np.bincount(target * c + pred, minlength=c * c).reshape(c, c)
+
+    def _update_on_device(self, pred: torch.Tensor | np.ndarray, target: torch.Tensor | np.ndarray) -> None:
+        # Only fixed-shape ops (no boolean indexing, no bincount, no .any()): each would read the device.
+        c = self.num_classes
+        device = pred.device if isinstance(pred, torch.Tensor) else target.device
+        if self._pending is not None and self._pending.device != device:
+            self._flush()
+        if self._pending is None:
+            self._pending = torch.zeros(c * c + 4, dtype=torch.int64, device=device)
+            self._pending[-2], self._pending[-1] = _INT64.max, _INT64.min
+        pred = torch.as_tensor(pred, device=device).reshape(-1).long()
+        target = torch.as_tensor(target, device=device).reshape(-1).long()
+        if target.numel() == 0:  # a shape, known on the host: amin/amax need an element
+            return
+        keep = (target != self.ignore_index) & (target >= 0) & (target < c)
+        bad = keep & ((pred < 0) | (pred >= c))
+        index = torch.where(keep & ~bad, target * c + pred, c * c)  # skipped pixels land in bin C*C
+        self._pending.scatter_add_(0, index, torch.ones_like(index))
+        stats = self._pending[-3:]
+        stats[0] += bad.sum()
+        stats[1] = torch.minimum(stats[1], torch.where(bad, pred, _INT64.max).amin())
+        stats[2] = torch.maximum(stats[2], torch.where(bad, pred, _INT64.min).amax())
+
+    def _flush(self) -> None:
+        """Add the device counts to the host matrix: the one copy (and sync) per evaluation."""
+        if self._pending is None:
+            return
+        pending, self._pending = self._pending.cpu().numpy(), None
+        c = self.num_classes
+        bad, low, high = (int(v) for v in pending[-3:])
+        if bad:
+            raise ValueError(f"pred values must be in 0..{c - 1}, got {bad} predictions from {low} to {high}")
+        self._matrix += pending[: c * c].reshape(c, c)
 
     def compute(self) -> dict[str, float | list[float]]:
         """The scores of :func:`scores_from_matrix` for everything counted so far."""
@@ -111,13 +156,15 @@ class ConfusionMatrix:
 
     def reset(self) -> None:
         """Forget every count (e.g. between evaluation epochs)."""
-        self.matrix[:] = 0
+        self._pending = None
+        self._matrix[:] = 0
 
     def merge(self, other: ConfusionMatrix) -> ConfusionMatrix:
         """Add ``other``'s counts (e.g. from another worker) to this matrix; returns ``self``."""
         if not isinstance(other, ConfusionMatrix) or other.num_classes != self.num_classes:
             raise ValueError(f"other must be a ConfusionMatrix with num_classes={self.num_classes}, got {other!r}")
-        self.matrix += other.matrix
+        self.matrix  # noqa: B018 (reading it flushes the device counts)
+        self._matrix += other.matrix
         return self
 
     def __repr__(self) -> str:

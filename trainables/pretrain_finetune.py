@@ -63,8 +63,8 @@ from trainables.epochs import EpochResult, EpochTrainer, Evaluation, every, on_e
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import build_model, reset_head, transfer_features
 from trainables.pretrain_cache import cached_pretraining
-from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, current_trial_id, place_model,
-                               select_device, set_threads, stream_seed, tune_reporter)
+from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, current_trial_id,
+                               place_model, select_device, stream_seed, tune_reporter)
 
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
@@ -90,7 +90,7 @@ HEAD_STREAM = "head"  # the fine-tuning head's Xavier re-initialisation
 def pretrain_finetune(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: validate ``config``, resume from Tune's checkpoint if any, run."""
     cfg = PretrainFinetuneConfig.from_dict(config)
-    set_threads(cfg.num_threads)
+    begin_trial(cfg.num_threads)  # a reused worker starts clean
     run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
 
 

@@ -47,8 +47,8 @@ from trainables.engine import evaluate_classification, train_one_epoch
 from trainables.epochs import EpochResult, EpochTrainer, Evaluation, every, run_epochs, warmup_then
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import SplitModel, build_model
-from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, place_model, select_device,
-                               set_threads, stream_seed, tune_reporter)
+from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, place_model,
+                               select_device, stream_seed, tune_reporter)
 
 TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
 REPORT_KEYS = ("phase", "train/epoch", "epoch_total", "train/loss", *(f"test/{name}" for name in TEST_SCORES),
@@ -66,7 +66,7 @@ BOUNDARY_MARGIN = 0.5  # data units added around the training points (the moons 
 def pu_classification(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: validate ``config``, resume from Tune's checkpoint if any, run."""
     cfg = PUClassificationConfig.from_dict(config)
-    set_threads(cfg.num_threads)
+    begin_trial(cfg.num_threads)  # a reused worker starts clean
     run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
 
 

@@ -10,6 +10,8 @@ from __future__ import annotations
 import os
 import sys
 import tempfile
+import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional
 
@@ -40,15 +42,54 @@ def load_state(directory: str | os.PathLike) -> dict[str, Any]:
         raise ValueError(f"checkpoint file {path} is corrupt or not a noisy-transfer checkpoint: {error}") from error
 
 
+CHECKPOINT_SHARE = 0.05  # checkpoints may take at most this share of a trial's wall time
+COPIES = 2  # a checkpoint is written once here and copied once by Ray into the study's storage
+FINAL_KEY = "confusion"  # the last report's state carries it (the driver's MLflow artifacts): always saved
+
+
+class CheckpointPacer:
+    """Decides which reports carry their checkpoint, so writing them costs at most CHECKPOINT_SHARE of the
+    time. Each checkpoint is due once the time since the previous one ended is at least that one's write
+    time / CHECKPOINT_SHARE. Small models (ms per write) thus keep one per epoch; an FCN-AlexNet on a GPU
+    (~460 MB, seconds per write, sub-second epochs) gets one every few epochs. The first and the final
+    (``FINAL_KEY``) state are always written."""
+
+    def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
+        self.clock = clock
+        self.reset()
+
+    def reset(self) -> None:
+        """Forget the previous trial (a reused worker starts a new trial with a checkpoint)."""
+        self.last_end: float | None = None
+        self.last_cost = 0.0
+
+    def due(self, state: dict[str, Any]) -> bool:
+        if self.last_end is None or FINAL_KEY in state:
+            return True
+        return self.clock() - self.last_end >= self.last_cost / CHECKPOINT_SHARE
+
+    def written(self, start: float) -> None:
+        """Record a checkpoint whose write began at ``start``; Ray then copies the same bytes to the study's
+        storage (COPIES in all), and the next checkpoint waits for both to fit the share."""
+        self.last_end = self.clock()
+        self.last_cost = COPIES * (self.last_end - start)
+
+
+CHECKPOINT_PACER = CheckpointPacer()  # one per worker process; begin_trial resets it
+
+
 def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
-    """Report to Ray Tune, attaching ``state`` as a checkpoint when given."""
+    """Report to Ray Tune, attaching ``state`` as a checkpoint when given and due (:class:`CheckpointPacer`)."""
     from ray import tune
 
-    if state is None:
+    if state is None or not CHECKPOINT_PACER.due(state):
         tune.report(metrics)
         return
     with tempfile.TemporaryDirectory(prefix="nt-ckpt-") as directory:
+        # Only the write is timed: tune.report also waits for the Tune controller to take the result.
+        start = CHECKPOINT_PACER.clock()
         save_state(state, directory)
+        CHECKPOINT_PACER.written(start)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
@@ -131,3 +172,61 @@ def stream_seed(seed: int, stream: str) -> int:
 def set_threads(num_threads: int | None) -> None:
     """Match torch's intra-op threads to the trial's CPUs, so concurrent trials don't oversubscribe."""
     torch.set_num_threads(max(1, num_threads or trial_cpus()))
+
+
+# --- a reused worker starts every trial as a fresh process would --------------------------------------
+
+
+@dataclass(frozen=True)
+class ProcessState:
+    """The process-wide torch settings a trial may change and a later trial on the same worker would see
+    (Ray Tune's ``reuse_actors`` runs trial after trial in one process). Autocast and grad mode are
+    thread-local and every trial runs in a new thread, so they need no entry here."""
+
+    rng_state: torch.Tensor  # the default CPU generator (nn.init without a generator, dropout)
+    seed: int  # its seed, also the CUDA generators' seed after a restore
+    default_dtype: torch.dtype
+    deterministic: bool
+    float32_matmul_precision: str
+    mkldnn: bool
+    cudnn_benchmark: bool
+    cudnn_deterministic: bool
+    cudnn_allow_tf32: bool
+    cuda_matmul_allow_tf32: bool
+
+    @classmethod
+    def capture(cls) -> "ProcessState":
+        """The current settings (the generator state is copied)."""
+        return cls(torch.get_rng_state().clone(), torch.initial_seed(), torch.get_default_dtype(),
+                   torch.are_deterministic_algorithms_enabled(), torch.get_float32_matmul_precision(),
+                   torch.backends.mkldnn.enabled, torch.backends.cudnn.benchmark,
+                   torch.backends.cudnn.deterministic, torch.backends.cudnn.allow_tf32,
+                   torch.backends.cuda.matmul.allow_tf32)
+
+    def restore(self) -> None:
+        """Put every setting back; CUDA generators are reseeded with ``seed`` when CUDA is up."""
+        torch.set_rng_state(self.rng_state)
+        if torch.cuda.is_available() and torch.cuda.is_initialized():
+            torch.cuda.manual_seed_all(self.seed)
+            torch.cuda.empty_cache()  # a previous trial's cached blocks would count against this trial
+        torch.set_default_dtype(self.default_dtype)
+        torch.use_deterministic_algorithms(self.deterministic)
+        torch.set_float32_matmul_precision(self.float32_matmul_precision)
+        torch.backends.mkldnn.enabled = self.mkldnn
+        torch.backends.cudnn.benchmark = self.cudnn_benchmark
+        torch.backends.cudnn.deterministic = self.cudnn_deterministic
+        torch.backends.cudnn.allow_tf32 = self.cudnn_allow_tf32
+        torch.backends.cuda.matmul.allow_tf32 = self.cuda_matmul_allow_tf32
+
+
+# Captured when the worker first imports this module, before any trial ran in it.
+FRESH_PROCESS_STATE = ProcessState.capture()
+
+
+def begin_trial(num_threads: int | None) -> None:
+    """Start a trial on a worker that may have run other trials (``reuse_actors``): restore the settings
+    of a fresh process (:data:`FRESH_PROCESS_STATE`), then set the trial's threads (:func:`set_threads`),
+    so a trial's metrics do not depend on what ran before it in the same process."""
+    FRESH_PROCESS_STATE.restore()
+    CHECKPOINT_PACER.reset()
+    set_threads(num_threads)
