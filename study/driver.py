@@ -39,6 +39,7 @@ MAX_FAILURES = 2  # a trial whose worker dies is retried this often from its las
 # every checkpoint, i.e. every epoch: a driver killed mid-study then loses at most the epochs in
 # progress; with 2, a resumed study re-ran trials from scratch and finished trials' last epochs.
 CHECKPOINTS_TO_KEEP = 1
+SHARED_STORAGE_ENV = "NOISY_TRANSFER_SHARED_STORAGE"  # os.pathsep-separated folders shared by every node
 
 
 def trainable_function(name: str) -> Any:
@@ -154,13 +155,19 @@ def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     hosts = {n.get("NodeManagerAddress") for n in nodes}
     autoscaled = _autoscaled_node_types()
-    if (len(hosts) > 1 or autoscaled) and not spec.storage_is_remote and not _on_network_filesystem(spec.storage):
+    # SHARED_STORAGE_ENV: folders the operator vouches are mounted alike on every node (a file system
+    # /proc/mounts does not reveal, or a simulated cluster whose nodes all run on one machine)
+    declared = [p for p in os.environ.get(SHARED_STORAGE_ENV, "").split(os.pathsep) if p]
+    shared = spec.storage_is_remote or _on_network_filesystem(spec.storage) or any(
+        Path(spec.storage).resolve().is_relative_to(Path(p).resolve()) for p in declared)
+    if (len(hosts) > 1 or autoscaled) and not shared:
         span = (f"spans {len(hosts)} machines" if len(hosts) > 1 else
                 f"autoscales (node types {', '.join(autoscaled)}): its workers run on other machines")
         raise StudyError(
             f"--storage {spec.storage} is a node-local path, but the Ray cluster {span}: "
             "trials on other nodes could not write or restore checkpoints. Use shared storage: "
-            "--storage s3://BUCKET/PREFIX or a path on NFS/EFS mounted on every node."
+            f"--storage s3://BUCKET/PREFIX or a path on NFS/EFS mounted on every node (or list a folder "
+            f"that is mounted on every node in {SHARED_STORAGE_ENV})."
         )
     most_gpus = max((n.get("Resources", {}).get("GPU", 0.0) for n in nodes), default=0.0)
     # On a cluster, GPU workers may not exist yet (the autoscaler starts them for pending trials);
