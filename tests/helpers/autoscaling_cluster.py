@@ -48,6 +48,7 @@ WORKER_CPUS = 2
 HEAD_CPUS = 1
 MOST_WORKERS = 3
 IDLE_TIMEOUT_MINUTES = 0.25  # 15 s instead of cluster.yaml's 10 min
+HEARTBEAT_TIMEOUT_S = 20  # not less: a loaded machine delays healthy heartbeats too
 # The monitor writes its first status once the raylets have reported load: until then a driver could
 # not tell this cluster autoscales.
 STATUS_KEY = "__autoscaling_status"
@@ -136,9 +137,12 @@ def fake_provider_config(types: NodeTypes, gcs_address: str, idle_timeout_minute
         "idle_timeout_minutes": idle_timeout_minutes,
         "docker": {},
         "auth": {},
-        # gcs_address: without it the provider points its nodes at port 6379, which may be anyone's
-        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "use_node_id_as_ip": True,
-                     "disable_node_updaters": True, "disable_launch_config_check": True},
+        # gcs_address: without it the provider points its nodes at port 6379, which may be anyone's.
+        # launch_multiple: without it the provider launches one node per request whatever the count
+        # asked, and the autoscaler, short of nodes, launches more later (one too many, seen here).
+        "provider": {"type": "fake_multinode", "gcs_address": gcs_address, "launch_multiple": True,
+                     "use_node_id_as_ip": True, "disable_node_updaters": True,
+                     "disable_launch_config_check": True},
         "available_node_types": node_types,
         "head_node_type": types.head,
         "file_mounts": {},
@@ -279,7 +283,9 @@ def autoscaling_cluster(tmp_path: Path, idle_timeout_minutes: float = IDLE_TIMEO
     _write_token(token_path)
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_TOKEN")}
     node_env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path),
-                "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1"}
+                "RAY_FAKE_CLUSTER": "1", "AUTOSCALER_UPDATE_INTERVAL_S": "1",
+                # a worker silent this long is terminated and replaced (Ray's default: 30 s)
+                "AUTOSCALER_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S)}
     types = scaled_node_types(declared_node_types(config_path))
     port = free_port()
     gcs_address = f"{services.get_node_ip_address()}:{port}"
