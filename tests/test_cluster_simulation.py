@@ -221,3 +221,49 @@ def test_a_trial_given_a_logical_gpu_trains_on_the_cpu_and_says_so_once(monkeypa
     said = capsys.readouterr().err.count("has no CUDA device (its GPUs are logical only): training on the CPU")
     assert said == (0 if cuda else 1), "once per worker on a logical-GPU node, never on a real GPU node"
     assert (runtime._say_logical_gpus_only.cache_info().currsize == 1) == (not cuda)
+
+
+# --- the shared-storage rule, without a cluster ------------------------------------------------------
+
+
+def _status(mapping: dict[str, str]) -> bytes:
+    return json.dumps({"autoscaler_report": {"node_type_mapping": mapping}}).encode()
+
+
+@pytest.mark.parametrize(("mapping", "expected"), [
+    ({"ab12": "ray.head.default"}, ["ray.head.default"]),   # `ray up`: types from the cluster config
+    ({"ab12": "node_ab12", "cd34": "node_cd34"}, []),       # `ray start` by hand / local Ray: read-only
+])
+def test_an_autoscaling_cluster_is_told_apart_by_the_node_types_its_autoscaler_reports(
+        monkeypatch, mapping, expected):
+    import ray.experimental.internal_kv as internal_kv
+    from ray._private import state
+
+    from study import driver
+
+    monkeypatch.setattr(state.state, "get_cluster_config", lambda: None)
+    monkeypatch.setattr(internal_kv, "_internal_kv_get", lambda key: _status(mapping))
+    assert driver._autoscaled_node_types() == expected
+
+
+def test_node_local_storage_passes_only_where_it_is_declared_shared(monkeypatch, tmp_path):
+    from types import SimpleNamespace
+
+    import ray
+
+    from study import driver
+    from study.spec import StudyError
+
+    monkeypatch.setattr(ray, "nodes", lambda: [{"Alive": True, "NodeManagerAddress": "10.0.0.1", "Resources": {}}])
+    monkeypatch.setattr(driver, "_autoscaled_node_types", lambda: ["ray.head.default", "ray.worker.gpu"])
+    spec = SimpleNamespace(storage=str(tmp_path / "shared" / "study"), storage_is_remote=False, gpus_per_trial=0.5)
+    monkeypatch.delenv(SHARED_STORAGE_ENV, raising=False)
+    with pytest.raises(StudyError, match=r"node-local path.*autoscales \(node types ray.head.default, ray.worker"):
+        driver.check_cluster(spec, started_local_ray=False)
+    monkeypatch.setenv(SHARED_STORAGE_ENV, f"{tmp_path / 'elsewhere'}:{tmp_path / 'shared'}")
+    driver.check_cluster(spec, started_local_ray=False)  # declared shared: accepted
+    monkeypatch.setenv(SHARED_STORAGE_ENV, str(tmp_path / "shar"))  # a prefix of the name is not a parent
+    with pytest.raises(StudyError, match=SHARED_STORAGE_ENV):
+        driver.check_cluster(spec, started_local_ray=False)
+    monkeypatch.setattr(driver, "_autoscaled_node_types", lambda: [])
+    driver.check_cluster(spec, started_local_ray=False)  # one fixed machine: any folder will do
