@@ -20,9 +20,19 @@ from pathlib import Path
 import pandas as pd
 import pytest
 import torch
+from helpers.autoscaling_cluster import (
+    SimulatedCluster,
+    autoscaling_cluster,
+    declared_node_types,
+)
+from test_faults import (
+    assert_every_epoch_once,
+    checkpoints,
+    fault_preset,
+    preset_argv,
+    reports,
+)
 
-from helpers.autoscaling_cluster import SimulatedCluster, autoscaling_cluster, declared_node_types
-from test_faults import assert_every_epoch_once, checkpoints, fault_preset, preset_argv, reports
 from study.driver import SHARED_STORAGE_ENV
 from trainables import runtime
 
@@ -236,8 +246,8 @@ def _status(mapping: dict[str, str]) -> bytes:
 ])
 def test_an_autoscaling_cluster_is_told_apart_by_the_node_types_its_autoscaler_reports(
         monkeypatch, mapping, expected):
-    import ray.experimental.internal_kv as internal_kv
     from ray._private import state
+    from ray.experimental import internal_kv
 
     from study import driver
 
@@ -265,5 +275,5 @@ def test_node_local_storage_passes_only_where_it_is_declared_shared(monkeypatch,
     monkeypatch.setenv(SHARED_STORAGE_ENV, str(tmp_path / "shar"))  # a prefix of the name is not a parent
     with pytest.raises(StudyError, match=SHARED_STORAGE_ENV):
         driver.check_cluster(spec, started_local_ray=False)
-    monkeypatch.setattr(driver, "_autoscaled_node_types", lambda: [])
+    monkeypatch.setattr(driver, "_autoscaled_node_types", list)
     driver.check_cluster(spec, started_local_ray=False)  # one fixed machine: any folder will do

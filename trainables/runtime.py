@@ -115,7 +115,7 @@ def _ray_gpu_ids() -> list | None:
         return None
 
 
-@functools.lru_cache(maxsize=None)  # once per worker process and GPU assignment
+@functools.cache  # once per worker process and GPU assignment
 def _say_logical_gpus_only(gpu_ids: tuple[str, ...]) -> None:
     print(f"[noisy-transfer] Ray gave this trial GPU {', '.join(gpu_ids)}, but this node has no CUDA device "
           "(its GPUs are logical only): training on the CPU", file=sys.stderr, flush=True)

@@ -38,8 +38,16 @@ from typing import Any
 import psutil
 import yaml
 
-from helpers.ray_cluster import (OBJECT_STORE_BYTES, START_TIMEOUT_S, _logs_report, _start_node, _stop,
-                                 _wait_for_address, _write_token, free_port)
+from helpers.ray_cluster import (
+    OBJECT_STORE_BYTES,
+    START_TIMEOUT_S,
+    _logs_report,
+    _start_node,
+    _stop,
+    _wait_for_address,
+    _write_token,
+    free_port,
+)
 
 CLUSTER_YAML = Path(__file__).resolve().parents[2] / "cluster.yaml"
 # Scaled to a 2-core machine: logical CPUs only (Ray does not enforce them), so a GPU worker keeps
@@ -48,6 +56,7 @@ WORKER_CPUS = 2
 HEAD_CPUS = 1
 MOST_WORKERS = 3
 IDLE_TIMEOUT_MINUTES = 0.25  # 15 s instead of cluster.yaml's 10 min
+HEAD_ATTEMPTS = 3
 HEARTBEAT_TIMEOUT_S = 20  # not less: a loaded machine delays healthy heartbeats too
 # The monitor writes its first status once the raylets have reported load: until then a driver could
 # not tell this cluster autoscales.
@@ -261,10 +270,29 @@ def _head_args(temp_dir: Path, port: int, config_path: Path) -> list[str]:
 
 
 def _start_watcher(env: Mapping[str, str], log: Path) -> subprocess.Popen:
-    watcher = subprocess.Popen([sys.executable, "-c", _WATCH, STATUS_KEY], env=dict(env), stdout=subprocess.PIPE,
-                               stderr=open(log, "wb"))
+    with open(log, "wb") as err:  # the child keeps its own copy of the descriptor
+        watcher = subprocess.Popen([sys.executable, "-c", _WATCH, STATUS_KEY], env=dict(env),
+                                   stdout=subprocess.PIPE, stderr=err)
     os.set_blocking(watcher.stdout.fileno(), False)
     return watcher
+
+
+def _start_head(tmp_path: Path, node_env: Mapping[str, str], config: Path, port: int, attempt: int,
+                nodes: list[subprocess.Popen], temp_dir: Path) -> str:
+    """Start the head (appended to ``nodes``); its GCS address once it is up."""
+    start_log = tmp_path / f"ray_start_head.{attempt}.log"
+    nodes.append(_start_node(_head_args(temp_dir, port, config), node_env, start_log))
+    try:
+        return _wait_for_address(nodes[-1], temp_dir, time.monotonic() + START_TIMEOUT_S)
+    except RuntimeError as err:
+        raise RuntimeError(f"{err}\n{_logs_report(temp_dir, [start_log])}") from err
+
+
+def _keep_logs(temp_dir: Path, tmp_path: Path, attempt: int) -> None:
+    logs_dir = temp_dir / "session_latest" / "logs"
+    if logs_dir.is_dir():
+        shutil.copytree(logs_dir, tmp_path / f"ray_logs.{attempt}", dirs_exist_ok=True, ignore_dangling_symlinks=True)
+    shutil.rmtree(temp_dir, ignore_errors=True)
 
 
 @contextlib.contextmanager
@@ -276,8 +304,12 @@ def autoscaling_cluster(tmp_path: Path, idle_timeout_minutes: float = IDLE_TIMEO
     workers for pending tasks and terminates them after ``idle_timeout_minutes`` idle. Yields once the
     autoscaler has published its first status. Teardown kills, by pid, the head, every worker node, the
     watcher and any process naming the temp dir, also when the body raises; never ``ray stop``.
+
+    The head is started up to HEAD_ATTEMPTS times: Ray 2.60's raylet aborts when its dashboard agent has
+    not written its port file within 15 s (``NodeManager::WaitForDashboardAgentPorts``, not configurable
+    and not skipped by ``--include-dashboard=false``), which a heavily loaded 2-core machine can miss.
     """
-    import ray._private.services as services
+    from ray._private import services
 
     token_path = tmp_path / "auth_token"
     _write_token(token_path)
@@ -287,27 +319,33 @@ def autoscaling_cluster(tmp_path: Path, idle_timeout_minutes: float = IDLE_TIMEO
                 # a worker silent this long is terminated and replaced (Ray's default: 30 s)
                 "AUTOSCALER_HEARTBEAT_TIMEOUT_S": str(HEARTBEAT_TIMEOUT_S)}
     types = scaled_node_types(declared_node_types(config_path))
-    port = free_port()
-    gcs_address = f"{services.get_node_ip_address()}:{port}"
-    autoscaler_config = tmp_path / "autoscaler.json"
-    autoscaler_config.write_text(json.dumps(fake_provider_config(types, gcs_address, idle_timeout_minutes)))
-    temp_dir = Path(mkdtemp(prefix="ra-", dir="/tmp"))
-    start_log = tmp_path / "ray_start_head.log"
-    nodes: list[subprocess.Popen] = []
+    for attempt in range(1, HEAD_ATTEMPTS + 1):
+        port = free_port()
+        config = tmp_path / f"autoscaler.{attempt}.json"
+        gcs_address = f"{services.get_node_ip_address()}:{port}"
+        config.write_text(json.dumps(fake_provider_config(types, gcs_address, idle_timeout_minutes)))
+        temp_dir = Path(mkdtemp(prefix="ra-", dir="/tmp"))
+        nodes: list[subprocess.Popen] = []
+        try:
+            address = _start_head(tmp_path, node_env, config, port, attempt, nodes, temp_dir)
+            break
+        except RuntimeError:
+            try:
+                _stop(nodes, temp_dir)
+            finally:
+                _keep_logs(temp_dir, tmp_path, attempt)
+            if attempt == HEAD_ATTEMPTS:
+                raise
     watcher = None
     try:
-        deadline = time.monotonic() + START_TIMEOUT_S
+        driver_env = {k: v for k, v in node_env.items() if k != "RAY_FAKE_CLUSTER"}
+        driver_env["RAY_ADDRESS"] = address
+        watcher = _start_watcher(driver_env, tmp_path / "watcher.log")
+        cluster = SimulatedCluster(address, MappingProxyType(driver_env), types, temp_dir, nodes[0].pid, watcher, [])
         try:
-            nodes.append(_start_node(_head_args(temp_dir, port, autoscaler_config), node_env, start_log))
-            address = _wait_for_address(nodes[0], temp_dir, deadline)
-            driver_env = {k: v for k, v in node_env.items() if k not in ("RAY_FAKE_CLUSTER",)}
-            driver_env["RAY_ADDRESS"] = address
-            watcher = _start_watcher(driver_env, tmp_path / "watcher.log")
-            cluster = SimulatedCluster(address, MappingProxyType(driver_env), types, temp_dir, nodes[0].pid,
-                                       watcher, [])
-            cluster.wait_until(lambda: cluster.poll(), "autoscaler status", max(deadline - time.monotonic(), 1))
+            cluster.wait_until(lambda: cluster.poll(), "autoscaler status")
         except RuntimeError as err:
-            raise RuntimeError(f"{err}\n{_logs_report(temp_dir, [start_log, tmp_path / 'watcher.log'])}") from err
+            raise RuntimeError(f"{err}\n{_logs_report(temp_dir, [tmp_path / 'watcher.log'])}") from err
         yield cluster
     finally:
         try:
@@ -316,7 +354,4 @@ def autoscaling_cluster(tmp_path: Path, idle_timeout_minutes: float = IDLE_TIMEO
                 watcher.wait(30)
             _stop(nodes, temp_dir)
         finally:
-            logs_dir = temp_dir / "session_latest" / "logs"
-            if logs_dir.is_dir():
-                shutil.copytree(logs_dir, tmp_path / "ray_logs", dirs_exist_ok=True, ignore_dangling_symlinks=True)
-            shutil.rmtree(temp_dir, ignore_errors=True)
+            _keep_logs(temp_dir, tmp_path, attempt)
