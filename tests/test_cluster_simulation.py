@@ -140,18 +140,18 @@ def test_the_autoscaler_launches_gpu_workers_for_pending_trials_packs_two_per_gp
     used = [next(iter(nodes)) for nodes in node_of.values()]
     # every trial ran on a GPU worker the autoscaler launched, never on the GPU-less head
     assert all(gpu_nodes.get(node, 0) == gpus_per_worker for node in used), (used, gpu_nodes)
-    # 4 trials x 0.5 GPU = 2 GPUs: two 1-GPU workers (one per trial would need 4, above the cap of 3)
-    workers = [node for node, gpus in gpu_nodes.items() if gpus > 0]
-    assert sorted(set(used)) == sorted(workers) and len(workers) == 4 * 0.5 / gpus_per_worker, (
-        f"GPU workers launched {workers}, used {used}")
-    # two trials shared a GPU at once, and never more than its two halves
-    most = {node: _most_at_once([results[t] for t, n in node_of.items() if node in n]) for node in workers}
+    # two trials shared a GPU at once, and never more than its two halves. (How many workers the
+    # autoscaler launches is not asserted: 2 are needed, but a launch that fails on a loaded machine is
+    # retried, and a late replacement may come up after all trials were placed.)
+    workers = sorted(node for node, gpus in gpu_nodes.items() if gpus > 0)
+    assert len(workers) <= cluster.types.max_workers, workers
+    most = {node: _most_at_once([results[t] for t, n in node_of.items() if node in n]) for node in set(used)}
     assert max(most.values()) == 2 and all(1 <= m <= 2 for m in most.values()), most
     assert_every_epoch_once(output / "packed", trials, study.tail())
 
     # idle workers are terminated after the (scaled) idle timeout, the head stays
     cluster.wait_until(lambda: not cluster.gpu_workers(), "scale-down of the idle GPU workers")
-    assert sorted(cluster.gpu_workers(alive=False)) == sorted(workers)
+    assert sorted(cluster.gpu_workers(alive=False)) == workers
     _print_timeline("autoscaling from zero, two trials per GPU", cluster, results)
 
 
@@ -163,8 +163,11 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
     study = studies(argv, cluster, tmp_path / "driver.log", shared)
 
     # two epochs checkpointed in the shared storage: the worker's spot instance is reclaimed
-    cluster.wait_until(lambda: max(checkpoints(shared, "preempted").values(), default=-1) >= 1
-                       and study.proc.poll() is None, "second checkpoint of the trial")
+    def second_checkpoint() -> bool:
+        assert study.proc.poll() is None, f"the study ended before its second checkpoint{study.tail()}"
+        return max(checkpoints(shared, "preempted").values(), default=-1) >= 1
+
+    cluster.wait_until(second_checkpoint, "second checkpoint of the trial", STUDY_TIMEOUT_S)
     (lost,) = cluster.gpu_workers()
     lost_at = time.time()
     killed = cluster.preempt(lost)

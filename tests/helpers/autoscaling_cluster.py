@@ -216,6 +216,7 @@ class SimulatedCluster:
         """Poll the node timeline until ``condition()`` holds; RuntimeError after ``timeout_s``."""
         deadline = time.monotonic() + timeout_s
         while not condition():
+            self.poll()
             if time.monotonic() > deadline:
                 raise RuntimeError(f"no {what} within {timeout_s} s; nodes: {self.poll()}")
             time.sleep(0.5)
