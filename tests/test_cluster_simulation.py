@@ -24,6 +24,7 @@ from helpers.autoscaling_cluster import (
     SimulatedCluster,
     autoscaling_cluster,
     declared_node_types,
+    nodes_running_trials,
 )
 from test_faults import (
     assert_every_epoch_once,
@@ -168,7 +169,7 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
         return max(checkpoints(shared, "preempted").values(), default=-1) >= 1
 
     cluster.wait_until(second_checkpoint, "second checkpoint of the trial", STUDY_TIMEOUT_S)
-    (lost,) = cluster.gpu_workers()
+    (lost,) = [node for node in nodes_running_trials() if node in cluster.gpu_workers()]
     lost_at = time.time()
     killed = cluster.preempt(lost)
     assert study.finish(cluster) == 0, study.tail()

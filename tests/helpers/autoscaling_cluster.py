@@ -247,6 +247,20 @@ class SimulatedCluster:
         return lines
 
 
+def nodes_running_trials() -> list[str]:
+    """Node ids of the raylets whose worker processes host a Ray Tune trial (titled ray::ImplicitFunc)."""
+    found = []
+    for proc in psutil.process_iter(["cmdline"]):
+        cmdline = proc.info["cmdline"] or []
+        if not (cmdline and cmdline[0].startswith("ray::ImplicitFunc")):
+            continue
+        with contextlib.suppress(psutil.NoSuchProcess):
+            raylet = proc.parent()
+            flags = [a for a in (raylet.cmdline() if raylet else []) if a.startswith(("--node_id=", "--node-id="))]
+            found += [flag.partition("=")[2] for flag in flags]
+    return sorted(set(found))
+
+
 def _processes_of_node(node_id: str) -> list[psutil.Process]:
     """Processes whose command line names ``node_id`` (raylet, agents), with their descendants."""
     found: dict[int, psutil.Process] = {}
