@@ -179,11 +179,13 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
     assert nodes[0] == lost and nodes[-1] != lost, f"the trial resumed on another node: {nodes}{study.tail()}"
     assert cluster.node_gpus().get(nodes[-1]) == 1, "it resumed on a GPU worker, not the head"
     assert {r["pid"] for r in results if r["node_id"] == lost} <= set(killed)
-    # Ray's reports: the epochs done on the lost node, then the rest from its last checkpoint on; an
-    # epoch reported on both nodes is one the lost node finished after its last checkpoint
-    epochs = [r["epoch_total"] for r in results]
+    # Ray's reports: epochs 1..k on the lost node, each reported with its checkpoint, then k+1..6 on the
+    # new node: the restart began at the last checkpoint, and the loss was the epoch in progress only
+    epochs = [(r["epoch_total"], r["node_id"][-5:]) for r in results]
+    done_there = [r["epoch_total"] for r in results if r["node_id"] == lost]
     resumed = [r["epoch_total"] for r in results if r["node_id"] != lost]
-    assert resumed == list(range(resumed[0], 7)) and resumed[0] >= 3, epochs
+    assert len(done_there) >= 2 and done_there == list(range(1, len(done_there) + 1)), epochs
+    assert resumed == list(range(done_there[-1] + 1, 7)), epochs
     trials = pd.read_parquet(output / "preempted" / "trials.parquet")
     assert trials["status"].tolist() == ["TERMINATED"] and trials["trial_id"].tolist() == [trial_id]
     assert_every_epoch_once(output / "preempted", trials, study.tail())
@@ -197,7 +199,7 @@ def test_node_local_storage_is_refused_on_an_autoscaling_cluster_before_any_tria
     local = tmp_path / "node-local"
     argv = [sys.executable, str(ROOT / "study" / "run.py"), "--preset", "quick", "--smoke",
             "--gpus-per-trial", "0.5", "--output", str(tmp_path / "results"), "--storage", str(local)]
-    done = subprocess.run(argv, cwd=ROOT, env=dict(cluster.env), capture_output=True, text=True,
+    done = subprocess.run(argv, cwd=ROOT, env=dict(cluster.env), capture_output=True, text=True, check=False,
                           timeout=STUDY_TIMEOUT_S)
     output = done.stdout + done.stderr
     assert done.returncode != 0, output[-TAIL_CHARS:]
