@@ -39,6 +39,7 @@ MAX_FAILURES = 2  # a trial whose worker dies is retried this often from its las
 # every checkpoint, i.e. every epoch: a driver killed mid-study then loses at most the epochs in
 # progress; with 2, a resumed study re-ran trials from scratch and finished trials' last epochs.
 CHECKPOINTS_TO_KEEP = 1
+SHARED_STORAGE_ENV = "NOISY_TRANSFER_SHARED_STORAGE"  # os.pathsep-separated folders shared by every node
 
 
 def trainable_function(name: str) -> Any:
@@ -129,11 +130,20 @@ def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
 
     nodes = [n for n in ray.nodes() if n.get("Alive")]
     hosts = {n.get("NodeManagerAddress") for n in nodes}
-    if len(hosts) > 1 and not spec.storage_is_remote and not _on_network_filesystem(spec.storage):
+    autoscaled = _autoscaled_node_types()
+    # SHARED_STORAGE_ENV: folders the operator vouches are mounted alike on every node (a file system
+    # /proc/mounts does not reveal, or a simulated cluster whose nodes all run on one machine)
+    declared = [p for p in os.environ.get(SHARED_STORAGE_ENV, "").split(os.pathsep) if p]
+    shared = spec.storage_is_remote or _on_network_filesystem(spec.storage) or any(
+        Path(spec.storage).resolve().is_relative_to(Path(p).resolve()) for p in declared)
+    if (len(hosts) > 1 or autoscaled) and not shared:
+        span = (f"spans {len(hosts)} machines" if len(hosts) > 1 else
+                f"autoscales (node types {', '.join(autoscaled)}): its workers run on other machines")
         raise StudyError(
-            f"--storage {spec.storage} is a node-local path, but the Ray cluster spans {len(hosts)} machines: "
+            f"--storage {spec.storage} is a node-local path, but the Ray cluster {span}: "
             "trials on other nodes could not write or restore checkpoints. Use shared storage: "
-            "--storage s3://BUCKET/PREFIX or a path on NFS/EFS mounted on every node."
+            f"--storage s3://BUCKET/PREFIX or a path on NFS/EFS mounted on every node (or list a folder "
+            f"that is mounted on every node in {SHARED_STORAGE_ENV})."
         )
     most_gpus = max((n.get("Resources", {}).get("GPU", 0.0) for n in nodes), default=0.0)
     # On a cluster, GPU workers may not exist yet (the autoscaler starts them for pending trials);
@@ -141,6 +151,29 @@ def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
     if spec.gpus_per_trial > most_gpus and started_local_ray:
         raise StudyError(f"--gpus-per-trial {spec.gpus_per_trial} exceeds the GPUs of every node "
                          f"(the most is {most_gpus:g})")
+
+
+def _autoscaled_node_types() -> list[str]:
+    """Node types an autoscaler may launch on the connected cluster (empty for a fixed cluster).
+
+    Ray 2.60's autoscaler (v1, what `ray up` runs) publishes no max_workers to drivers; it publishes its
+    status in the GCS key-value store, whose node-type mapping names each node by its type from the
+    cluster config (``ray.head.default``). A cluster without a config (``ray start`` by hand, a local
+    Ray) has the read-only autoscaler, which names each node ``node_<id>``. Autoscaler v2 / KubeRay
+    publish the node groups with their max counts instead.
+    """
+    from ray._private import ray_constants, state
+    from ray.experimental.internal_kv import _internal_kv_get
+
+    try:
+        config = state.state.get_cluster_config()
+        if config is not None:
+            return sorted(g.name for g in config.node_group_configs if g.max_count != 0)
+        raw = _internal_kv_get(ray_constants.DEBUG_AUTOSCALING_STATUS)
+        mapping = (json.loads(raw).get("autoscaler_report") or {}).get("node_type_mapping") or {} if raw else {}
+    except Exception:  # private APIs: if they moved, fall back to counting live hosts
+        return []
+    return sorted({kind for node, kind in mapping.items() if kind != f"node_{node}"})
 
 
 def check_local_gpus(gpus_per_trial: float) -> None:

@@ -7,6 +7,7 @@ dict of tensors and plain values, saved with ``torch.save`` and loaded with ``we
 
 from __future__ import annotations
 
+import functools
 import os
 import sys
 import tempfile
@@ -80,8 +81,11 @@ CHECKPOINT_PACER = CheckpointPacer()  # one per worker process; begin_trial rese
 
 def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None:
     """Report to Ray Tune, attaching ``state`` as a checkpoint when given and due (:class:`CheckpointPacer`)."""
+    import ray
     from ray import tune
 
+    # which node ran each epoch: a retried trial's reports show where it resumed
+    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     if state is None or not CHECKPOINT_PACER.due(state):
         tune.report(metrics)
         return
@@ -127,17 +131,35 @@ def current_trial_id() -> str | None:
 
 
 def select_device() -> torch.device:
-    """CUDA when Ray gave this trial a GPU (or, outside Ray, when one is visible), else CPU."""
+    """CUDA when Ray gave this trial a GPU (or, outside Ray, when one is visible), else CPU.
+
+    A node whose GPUs are logical only (declared in a Ray node type, or a simulated cluster) has no CUDA
+    device: a trial Ray gave such a GPU trains on the CPU and says so once per worker process.
+    """
+    gpu_ids = _ray_gpu_ids()
     if not torch.cuda.is_available():
+        if gpu_ids:
+            _say_logical_gpus_only(tuple(str(i) for i in gpu_ids))
         return torch.device("cpu")
+    if gpu_ids is not None and not gpu_ids:
+        return torch.device("cpu")  # a CPU trial on a GPU node leaves the GPUs to GPU trials
+    return torch.device("cuda")
+
+
+def _ray_gpu_ids() -> list | None:
+    """The GPU ids Ray gave the calling worker; None outside Ray."""
     try:
         import ray
 
-        if ray.is_initialized() and not ray.get_gpu_ids():
-            return torch.device("cpu")
+        return list(ray.get_gpu_ids()) if ray.is_initialized() else None
     except Exception:
-        pass
-    return torch.device("cuda")
+        return None
+
+
+@functools.cache  # once per worker process and GPU assignment
+def _say_logical_gpus_only(gpu_ids: tuple[str, ...]) -> None:
+    print(f"[noisy-transfer] Ray gave this trial GPU {', '.join(gpu_ids)}, but this node has no CUDA device "
+          "(its GPUs are logical only): training on the CPU", file=sys.stderr, flush=True)
 
 
 # --- the CUDA fast path, decided here once so it can be tested on a machine without a GPU -----------
