@@ -13,21 +13,26 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict
+from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
 from study.export import trial_frames, write_parquet
 from study.lock import StudyLock
+from study.optuna_resume import ResumableOptunaSearch
 from study.spec import Secrets, StudyError, StudySpec
-from study.tracking import MLflowTrials, close_parent_run, delete_orphan_runs, open_parent_run
+from study.tracking import (
+    MLflowTrials,
+    close_parent_run,
+    delete_orphan_runs,
+    open_parent_run,
+)
 
 TRAINABLES = {
     "pretrain_finetune": "trainables.pretrain_finetune:pretrain_finetune",
@@ -80,40 +85,6 @@ class ConditionValue:
 
     def __call__(self, config: Any) -> Any:
         return self.values[config["condition"]]
-
-
-class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch whose restored copy continues its Optuna study without drawing extra trials.
-
-    Optuna stores a trial in ``optuna.db`` the moment Ray asks for it; Ray records the Ray trial only
-    at its next experiment snapshot. A driver killed in between leaves an Optuna trial that no Ray
-    trial owns (RUNNING forever), and the restored search would ask for a new one in its place: the
-    study would end with more Optuna trials than ``--num-samples``, the orphan's parameters drawn
-    twice. Restored, this searcher hands those orphans to the next Ray trials first, with whatever
-    parameters Optuna had already drawn for them (``suggest_*`` returns a trial's stored values).
-
-    The sampler's random state is restored from that snapshot too, so it would draw the orphans'
-    parameters again for the next trials; it is reseeded whenever Optuna holds trials the snapshot
-    does not know (a resumed search then draws differently from an uninterrupted one, never twice).
-    """
-
-    def restore(self, checkpoint_path: str) -> None:
-        import optuna
-
-        super().restore(checkpoint_path)
-        owned = {trial._trial_id for trial in self._ot_trials.values()}
-        unknown = [trial for trial in self._ot_study.get_trials(deepcopy=False) if trial._trial_id not in owned]
-        self._orphans = [trial._trial_id for trial in unknown if trial.state == optuna.trial.TrialState.RUNNING]
-        if unknown:
-            self._ot_study.sampler.reseed_rng()
-
-    def suggest(self, trial_id: str) -> dict | None:
-        import optuna
-
-        orphans = self.__dict__.get("_orphans") or []
-        if orphans and callable(self._space) and trial_id not in self._ot_trials:
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
-        return super().suggest(trial_id)
 
 
 def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], study_dir: Path) -> Any:
@@ -236,101 +207,166 @@ def _git_commit() -> str:
         return "unknown"
 
 
+@dataclass(frozen=True)
+class OpenStudy:
+    """A study whose folder is locked, whose Ray is connected and whose MLflow parent run is open."""
+
+    spec: StudySpec
+    configs: list[dict[str, Any]]
+    secrets: Secrets
+    client: Any  # MlflowClient
+    experiment_id: str
+    parent_run_id: str
+
+    @property
+    def preset(self) -> Preset:
+        return self.spec.preset_obj
+
+    @property
+    def config_cls(self) -> type:
+        return TRAINABLE_CONFIGS[self.preset.trainable]
+
+    @property
+    def experiment_path(self) -> str:
+        """Ray Tune's experiment folder (or URI) of this study."""
+        return f"{self.spec.storage.rstrip('/')}/{self.spec.name}"
+
+    @property
+    def expected_trials(self) -> int:
+        """How many trials a complete study has: the searcher's samples, or the grid's configs."""
+        if self.preset.is_search:
+            return self.spec.num_samples or (4 if self.spec.smoke else self.preset.num_samples)
+        return len(self.configs)
+
+
 def run_study(spec: StudySpec) -> Path:
     """Run (or resume) the study described by ``spec``; returns the study folder."""
     import mlflow  # noqa: F401  (imported early so a broken install fails before Ray starts)
-    from mlflow.tracking import MlflowClient
-    from ray import tune
-
-    preset = spec.preset_obj
-    configs = spec.trial_configs()
-    study_dir = spec.study_dir
-    secrets = Secrets.from_environment()
     import ray
 
     started_local_ray = not ray.is_initialized() and _existing_cluster() is None
     if started_local_ray:
         check_local_gpus(spec.gpus_per_trial)
-
     # The lock comes first: a second driver on a live study is told who owns it, not to --resume.
-    with StudyLock(study_dir):
-        if not spec.resume and (study_dir / "study.json").exists():
-            raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
-                             "or choose another --name")
-        if spec.resume and not (study_dir / "study.json").exists():
-            raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
-        check_cluster(spec, started_local_ray)
-        client = MlflowClient(spec.tracking_uri)
-        experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume)
-        meta = {
-            "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
-            "metric": preset.metric, "mode": preset.mode, "tracking_uri": secrets.redact(spec.tracking_uri),
-            "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": secrets.redact(spec.storage),
-            "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
-            "folds": sorted({c["fold"] for c in configs if "fold" in c}),
-            "seeds": sorted({c["seed"] for c in configs}),
-        }
-        (study_dir / "study.json").write_text(json.dumps(meta, indent=2))
-        callback = MLflowTrials(spec.tracking_uri, experiment_id, parent_run_id, study_dir / "artifacts", secrets)
-        trainable = tune.with_resources(trainable_function(preset.trainable),
-                                        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-        config_cls = TRAINABLE_CONFIGS[preset.trainable]
-        if preset.is_search:
-            constants = config_cls.from_dict(configs[0]).to_dict()
-            param_space = constants
-            tune_config = tune.TuneConfig(
-                metric=preset.metric, mode=preset.mode,
-                search_alg=make_searcher(spec, preset, constants, study_dir),
-                scheduler=make_scheduler(preset, constants),
-                num_samples=spec.num_samples or (4 if spec.smoke else preset.num_samples),
-            )
-        else:
-            param_space = grid_param_space(configs, config_cls)
-            tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode,
-                                          max_concurrent_trials=spec.max_concurrent or None)
-        # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        run_config = tune.RunConfig(
-            name=spec.name,
-            storage_path=spec.storage,
-            callbacks=[callback],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
-            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            verbose=1,
-        )
-        experiment_path = f"{spec.storage.rstrip('/')}/{spec.name}"
+    with StudyLock(spec.study_dir):
+        study = open_study(spec, started_local_ray)
         status = "FAILED"
         try:
-            if spec.resume and tune.Tuner.can_restore(experiment_path):
-                tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
-                                           param_space=param_space)
-            elif spec.resume:
-                print(f"[noisy-transfer] no Ray Tune state at {experiment_path} yet; starting its trials afresh")
-                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                                   run_config=run_config)
-            else:
-                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                                   run_config=run_config)
-            tuner.fit()
+            build_tuner(study).fit()
             status = "FINISHED"
         except KeyboardInterrupt:
             status = "KILLED"
         finally:
-            trials = export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls,
-                                  secrets, state_complete=status == "FINISHED")
-            # Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never
-            # started, or left unfinished, tell that the study is incomplete.
-            expected = tune_config.num_samples if preset.is_search else len(configs)
-            finished = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
-            if status == "FINISHED" and finished < expected:
-                status = "KILLED"
-            if status == "KILLED":
-                print(f"\n[noisy-transfer] interrupted: exported what finished; continue with --resume "
-                      f"(same arguments plus --resume)")
-            close_parent_run(client, parent_run_id, status)
-        print_summary(study_dir)
-    return study_dir
+            finish_study(study, status)
+        print_summary(spec.study_dir)
+    return spec.study_dir
+
+
+def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
+    """Check the folder, connect Ray, check the cluster, open the MLflow parent run, write study.json."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    study_dir = spec.study_dir
+    if not spec.resume and (study_dir / "study.json").exists():
+        raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
+                         "or choose another --name")
+    if spec.resume and not (study_dir / "study.json").exists():
+        raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
+    configs = spec.trial_configs()
+    secrets = Secrets.from_environment()
+    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
+    check_cluster(spec, started_local_ray)
+    client = MlflowClient(spec.tracking_uri)
+    experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume)
+    study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id)
+    (study_dir / "study.json").write_text(json.dumps(study_meta(study), indent=2))
+    return study
+
+
+def study_meta(study: OpenStudy) -> dict[str, Any]:
+    """The contents of study.json: what the study is and where its runs are (credentials redacted)."""
+    spec, preset, configs, secrets = study.spec, study.preset, study.configs, study.secrets
+    return {
+        "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
+        "metric": preset.metric, "mode": preset.mode, "tracking_uri": secrets.redact(spec.tracking_uri),
+        "experiment_id": study.experiment_id, "parent_run_id": study.parent_run_id,
+        "storage": secrets.redact(spec.storage),
+        "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
+        "folds": sorted({c["fold"] for c in configs if "fold" in c}),
+        "seeds": sorted({c["seed"] for c in configs}),
+    }
+
+
+def build_tuner(study: OpenStudy) -> Any:
+    """The Tuner of ``study``: restored from Ray's experiment state on --resume, else new."""
+    from ray import tune
+
+    spec = study.spec
+    trainable = tune.with_resources(trainable_function(study.preset.trainable),
+                                    {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    param_space, tune_config = search_setup(study)
+    if spec.resume and tune.Tuner.can_restore(study.experiment_path):
+        return tune.Tuner.restore(study.experiment_path, trainable=trainable, resume_errored=True,
+                                  param_space=param_space)
+    if spec.resume:
+        print(f"[noisy-transfer] no Ray Tune state at {study.experiment_path} yet; starting its trials afresh")
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=run_config(study))
+
+
+def search_setup(study: OpenStudy) -> tuple[dict[str, Any], Any]:
+    """(param_space, TuneConfig): Optuna + ASHA over constants for a search preset, else the grid."""
+    from ray import tune
+
+    spec, preset = study.spec, study.preset
+    if preset.is_search:
+        param_space = study.config_cls.from_dict(study.configs[0]).to_dict()
+        search = {"search_alg": make_searcher(spec, preset, param_space, spec.study_dir),
+                  "scheduler": make_scheduler(preset, param_space), "num_samples": study.expected_trials}
+    else:
+        param_space = grid_param_space(study.configs, study.config_cls)
+        search = {"max_concurrent_trials": spec.max_concurrent or None}
+    tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode, **search)
+    return param_space, tune_config
+
+
+def run_config(study: OpenStudy) -> Any:
+    """Where Ray Tune keeps the experiment, its callbacks, checkpoints kept and retries."""
+    from ray import tune
+
+    spec = study.spec
+    callback = MLflowTrials(spec.tracking_uri, study.experiment_id, study.parent_run_id,
+                            spec.study_dir / "artifacts", study.secrets)
+    # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return tune.RunConfig(
+        name=spec.name,
+        storage_path=spec.storage,
+        callbacks=[callback],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        verbose=1,
+    )
+
+
+def finish_study(study: OpenStudy, status: str) -> pd.DataFrame | None:
+    """Export what ran, tell an incomplete study how to continue, close the parent run; the trials.
+
+    Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never started, or left
+    unfinished, tell that the study is incomplete, so ``status`` FINISHED then becomes KILLED.
+    """
+    trials = export_study(study.spec, study.experiment_path, study.client, study.experiment_id,
+                          study.parent_run_id, study.config_cls, study.secrets,
+                          state_complete=status == "FINISHED")
+    finished = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+    if status == "FINISHED" and finished < study.expected_trials:
+        status = "KILLED"
+    if status == "KILLED":
+        print("\n[noisy-transfer] interrupted: exported what finished; continue with --resume "
+              "(same arguments plus --resume)")
+    close_parent_run(study.client, study.parent_run_id, status)
+    return trials
 
 
 def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,

@@ -8,7 +8,6 @@ deduplicated (last report wins).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -109,10 +108,3 @@ def _error_line(trial: Any) -> str:
     lines = [line for line in (error or "").strip().splitlines() if line.strip()]
     return lines[-1][:1000] if lines else "error (see the trial's error.txt)"
 
-
-def finite_or_nan(value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value if math.isfinite(value) else math.nan

@@ -133,17 +133,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
     if root:
         data = f"{kind}:{Path(root).expanduser().resolve()}"
     folds = _parse_folds(args.folds)
-    for flag, value in (("--num-samples", args.num_samples), ("--seeds", args.seeds)):
-        if value is not None and value < 1:
-            raise StudyError(f"{flag} must be a positive integer, got {value}")
-    if args.max_concurrent < 0:
-        raise StudyError(f"--max-concurrent must be >= 0 (0 = as resources allow), got {args.max_concurrent}")
-    if args.cpus_per_trial <= 0:
-        raise StudyError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
-    if args.gpus_per_trial < 0:
-        raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
-    if args.sampler not in SAMPLERS:
-        raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    _check_counts(args)
     if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
         raise StudyError(f"--imagenet-weights: file {args.imagenet_weights} does not exist")
     if args.num_samples is not None and not preset.is_search:
@@ -177,6 +167,21 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
     )
     spec.trial_configs()  # validate every trial now
     return spec
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse counts and resources no study can run with, and an unknown sampler."""
+    for flag, value in (("--num-samples", args.num_samples), ("--seeds", args.seeds)):
+        if value is not None and value < 1:
+            raise StudyError(f"{flag} must be a positive integer, got {value}")
+    if args.max_concurrent < 0:
+        raise StudyError(f"--max-concurrent must be >= 0 (0 = as resources allow), got {args.max_concurrent}")
+    if args.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.sampler not in SAMPLERS:
+        raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
 
 
 def _parse_folds(text: str | None) -> tuple[int, ...] | None:
@@ -234,7 +239,3 @@ class Secrets:
         return {key: self.redact(value) if isinstance(value, str) else value
                 for key, value in config.items() if key not in self.names}
 
-
-def environment_secret_names(environ: dict[str, str] | None = None) -> set[str]:
-    """Names of environment variables that look like credentials (never logged anywhere)."""
-    return set(Secrets.from_environment(environ).names)
