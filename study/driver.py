@@ -13,6 +13,7 @@ import os
 import shlex
 import subprocess
 import sys
+import time
 from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
@@ -26,11 +27,14 @@ from search_spaces.base import TRAINABLE_CONFIGS
 from study.export import trial_frames, write_parquet
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
+from study.progress import StudyProgress, ray_console
+from study.relocate import artifact_location, relocate
 from study.spec import Secrets, StudyError, StudySpec
 from study.tracking import (
     MLflowTrials,
     close_parent_run,
     delete_orphan_runs,
+    log_study_summary,
     open_parent_run,
 )
 
@@ -189,6 +193,7 @@ def parent_tags(spec: StudySpec, secrets: Secrets) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return {
+        **source_tags(),
         "preset": spec.preset,
         "data": secrets.redact(spec.data),
         "smoke": str(spec.smoke),
@@ -196,6 +201,18 @@ def parent_tags(spec: StudySpec, secrets: Secrets) -> dict[str, str]:
         "command": secrets.redact(" ".join(shlex.quote(a) for a in sys.argv)),
         "versions": json.dumps(versions),
     }
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags (the runs table's Source, Version and User columns), on every run."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    return {"mlflow.source.name": "study/run.py", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": _git_commit(), "mlflow.user": user}
 
 
 def _git_commit() -> str:
@@ -217,6 +234,7 @@ class OpenStudy:
     client: Any  # MlflowClient
     experiment_id: str
     parent_run_id: str
+    started_at: float  # time.time() when the study (this session of it) opened, seconds
 
     @property
     def preset(self) -> Preset:
@@ -239,8 +257,19 @@ class OpenStudy:
         return len(self.configs)
 
 
-def run_study(spec: StudySpec) -> Path:
-    """Run (or resume) the study described by ``spec``; returns the study folder."""
+@dataclass(frozen=True)
+class StudyOutcome:
+    """How a study run ended: ``status`` FINISHED (every trial ended), KILLED (interrupted) or FAILED
+    (the driver itself failed); ``errored``: trials that ended in error."""
+
+    study_dir: Path
+    status: str
+    errored: int
+
+
+def run_study(spec: StudySpec) -> StudyOutcome:
+    """Run (or resume) the study described by ``spec``; how it ended (``study/run.py`` maps it to an
+    exit code)."""
     import mlflow  # noqa: F401  (imported early so a broken install fails before Ray starts)
     import ray
 
@@ -250,16 +279,16 @@ def run_study(spec: StudySpec) -> Path:
     # The lock comes first: a second driver on a live study is told who owns it, not to --resume.
     with StudyLock(spec.study_dir):
         study = open_study(spec, started_local_ray)
-        status = "FAILED"
+        outcome = StudyOutcome(spec.study_dir, "FAILED", 0)
         try:
             build_tuner(study).fit()
-            status = "FINISHED"
+            outcome = StudyOutcome(spec.study_dir, "FINISHED", 0)
         except KeyboardInterrupt:
-            status = "KILLED"
+            outcome = StudyOutcome(spec.study_dir, "KILLED", 0)
         finally:
-            finish_study(study, status)
+            outcome = finish_study(study, outcome)
         print_summary(spec.study_dir)
-    return spec.study_dir
+    return outcome
 
 
 def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
@@ -275,11 +304,16 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
         raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
     configs = spec.trial_configs()
     secrets = Secrets.from_environment()
-    ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
+    ray.init(ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=ray_console(spec.progress)["log_to_driver"])
     check_cluster(spec, started_local_ray)
+    local_store = spec.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in spec.tracking_uri
+    if spec.resume and (study_dir / "mlflow.db").is_file():
+        relocate(study_dir)  # the folder may have moved since the study started
     client = MlflowClient(spec.tracking_uri)
-    experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume)
-    study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id)
+    experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume,
+                                                   artifact_location(study_dir) if local_store else None)
+    study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id, time.time())
     (study_dir / "study.json").write_text(json.dumps(study_meta(study), indent=2))
     return study
 
@@ -336,37 +370,62 @@ def run_config(study: OpenStudy) -> Any:
     from ray import tune
 
     spec = study.spec
-    callback = MLflowTrials(spec.tracking_uri, study.experiment_id, study.parent_run_id,
-                            spec.study_dir / "artifacts", study.secrets)
+    mlflow_trials = MLflowTrials(spec.tracking_uri, study.experiment_id, study.parent_run_id,
+                                 spec.study_dir / "artifacts", study.secrets, source_tags())
+    progress = StudyProgress(study.expected_trials, spec.progress, study.preset.metric, study.preset.mode)
     # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.RunConfig(
         name=spec.name,
         storage_path=spec.storage,
-        callbacks=[callback],
+        callbacks=[mlflow_trials, progress],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
         failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-        verbose=1,
+        verbose=ray_console(spec.progress)["verbose"],
     )
 
 
-def finish_study(study: OpenStudy, status: str) -> pd.DataFrame | None:
-    """Export what ran, tell an incomplete study how to continue, close the parent run; the trials.
+def finish_study(study: OpenStudy, outcome: StudyOutcome) -> StudyOutcome:
+    """Export what ran, tell an incomplete study how to continue, close the parent run.
 
     Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never started, or left
-    unfinished, tell that the study is incomplete, so ``status`` FINISHED then becomes KILLED.
+    unfinished, tell that the study is incomplete, so an outcome FINISHED then becomes KILLED.
     """
+    status = outcome.status
     trials = export_study(study.spec, study.experiment_path, study.client, study.experiment_id,
                           study.parent_run_id, study.config_cls, study.secrets,
                           state_complete=status == "FINISHED")
-    finished = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
-    if status == "FINISHED" and finished < study.expected_trials:
+    ended = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+    errored = 0 if trials is None else int((trials["status"] == "ERROR").sum())
+    if status == "FINISHED" and ended < study.expected_trials:
         status = "KILLED"
     if status == "KILLED":
         print("\n[noisy-transfer] interrupted: exported what finished; continue with --resume "
               "(same arguments plus --resume)")
+    if errored:
+        print(f"[noisy-transfer] {errored} trial(s) ended in error: see the error column of "
+              f"{study.spec.study_dir / 'trials.parquet'} and the FAILED lines above")
+    summarize_in_parent_run(study, trials)
     close_parent_run(study.client, study.parent_run_id, status)
-    return trials
+    return StudyOutcome(study.spec.study_dir, status, errored)
+
+
+def summarize_in_parent_run(study: OpenStudy, trials: pd.DataFrame | None) -> None:
+    """Write report.md (tables and figures) and log it, the parquet files and summary metrics to the
+    parent run. Neither may lose the study's results: a failure is printed, not raised."""
+    study_dir = study.spec.study_dir
+    try:
+        from analysis.report import write_report
+
+        if trials is not None and len(trials):
+            write_report(study_dir)
+    except Exception as error:  # the report is a convenience; the parquet files are the result
+        print(f"[noisy-transfer] report.md not written: {error}")
+    try:
+        log_study_summary(study.client, study.parent_run_id, trials, study.preset.metric, study.preset.mode,
+                          time.time() - study.started_at, study_dir)
+    except Exception as error:  # an unreachable tracking server must not hide the exported results
+        print(f"[noisy-transfer] the study's summary was not logged to MLflow: {error}")
 
 
 def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,

@@ -17,6 +17,10 @@ from search_spaces import DEFAULT_PRESET, PRESETS, Preset, get_preset, validate_
 from trainables.config import parse_data
 
 SAMPLERS = ("tpe", "qmc", "random")
+PROGRESS_MODES = ("compact", "ray", "off")  # see study/progress.py
+# Ray Jobs sets this in the environment of a job's driver (ray._private.runtime_env.constants).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+OUTPUT_HOME_ENV = "NOISY_TRANSFER_HOME"  # where a Ray job's relative --output resolves (default: ~)
 
 
 class StudyError(ValueError):
@@ -43,6 +47,7 @@ class StudySpec:
     imagenet_weights: str
     smoke: bool
     resume: bool
+    progress: str = "compact"  # the console: compact | ray | off (study/progress.py)
 
     @property
     def study_dir(self) -> Path:
@@ -109,6 +114,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--smoke", action="store_true", help="tiny data, 1 epoch per phase, minimal grid")
     parser.add_argument("--resume", action="store_true", help="continue the study in its folder")
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
+    parser.add_argument("--progress", default="compact", help="console: compact (one line per trial start "
+                        "and end, a status line every 30 s) | ray (Ray's tables and worker logs) | off")
+    parser.add_argument("--version", action="version", version=f"noisy-transfer {_version()}")
     return parser
 
 
@@ -140,7 +148,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         raise StudyError(f"--num-samples: preset {preset.name} is a grid; repeat it with --seeds instead")
     if folds and not preset.uses_folds:
         raise StudyError(f"--folds: preset {preset.name} has no folds (it is a classification study)")
-    output = Path(args.output).expanduser().resolve()
+    output = resolve_output(args.output)
     name = args.name or (f"{preset.name}-smoke" if args.smoke else preset.name)
     if not name or "/" in name or name.startswith("."):
         raise StudyError(f"--name must be a plain folder name, got {name!r}")
@@ -152,7 +160,8 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         data=data,
         output=output,
         name=name,
-        tracking_uri=args.tracking_uri or f"sqlite:///{output / name / 'mlflow.db'}",
+        tracking_uri=(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                      or f"sqlite:///{output / name / 'mlflow.db'}"),
         storage=storage,
         num_samples=args.num_samples,
         seeds=args.seeds,
@@ -164,6 +173,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         imagenet_weights=str(Path(args.imagenet_weights).resolve()) if args.imagenet_weights else "",
         smoke=args.smoke,
         resume=args.resume,
+        progress=args.progress,
     )
     spec.trial_configs()  # validate every trial now
     return spec
@@ -182,6 +192,29 @@ def _check_counts(args: argparse.Namespace) -> None:
         raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
     if args.sampler not in SAMPLERS:
         raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    if args.progress not in PROGRESS_MODES:
+        raise StudyError(f"--progress must be one of {', '.join(PROGRESS_MODES)}, got {args.progress!r}")
+
+
+def resolve_output(output: str, environ: Mapping[str, str] | None = None) -> Path:
+    """``--output`` as an absolute path. Relative paths resolve against the working directory, except
+    under Ray Jobs, whose working directory is a per-job copy of ``--working-dir`` that Ray deletes:
+    there they resolve against ``$NOISY_TRANSFER_HOME`` or the home folder, so results outlive the job
+    and ``--resume`` after a code change finds them."""
+    environ = os.environ if environ is None else environ
+    path = Path(output).expanduser()
+    if not path.is_absolute() and RAY_JOB_ENV in environ:
+        path = Path(environ.get(OUTPUT_HOME_ENV) or Path.home()).expanduser() / path
+    return path.resolve()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("noisy-transfer")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
 
 
 def _parse_folds(text: str | None) -> tuple[int, ...] | None:
