@@ -24,7 +24,7 @@ import pandas as pd
 
 from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
-from study.export import trial_frames, write_parquet
+from study.export import SCHEMA_VERSION, trial_frames, write_parquet
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
 from study.progress import StudyProgress, ray_console
@@ -456,11 +456,22 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
         analysis.trials, analysis.trial_dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
         config_keys=[f.name for f in fields(config_cls)], secrets=secrets,
     )
-    write_parquet(trials, spec.study_dir / "trials.parquet")
-    write_parquet(history, spec.study_dir / "history.parquet")
+    metadata = parquet_metadata(spec)
+    write_parquet(trials, spec.study_dir / "trials.parquet", metadata)
+    write_parquet(history, spec.study_dir / "history.parquet", metadata)
     print(f"[noisy-transfer] wrote {spec.study_dir / 'trials.parquet'} ({len(trials)} trials) and "
           f"{spec.study_dir / 'history.parquet'} ({len(history)} rows)")
     return trials
+
+
+def parquet_metadata(spec: StudySpec) -> dict[str, str]:
+    """What every exported parquet file says about itself (its pyarrow schema metadata)."""
+    try:
+        version = metadata.version("noisy-transfer")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    return {"schema_version": SCHEMA_VERSION, "project_version": version, "git_commit": _git_commit(),
+            "preset": spec.preset, "study": spec.name}
 
 
 def print_summary(study_dir: Path) -> None:
