@@ -27,7 +27,7 @@ from search_spaces.base import TRAINABLE_CONFIGS
 from study.export import SCHEMA_VERSION, trial_frames, write_parquet
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
-from study.progress import StudyProgress, ray_console
+from study.progress import StudyProgress, quiet_libraries, ray_console
 from study.relocate import artifact_location, relocate
 from study.spec import Secrets, StudyError, StudySpec
 from study.tracking import (
@@ -304,6 +304,7 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
         raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
     configs = spec.trial_configs()
     secrets = Secrets.from_environment()
+    quiet_libraries(spec.progress)
     ray.init(ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=ray_console(spec.progress)["log_to_driver"])
     check_cluster(spec, started_local_ray)

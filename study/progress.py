@@ -1,8 +1,9 @@
 """The study's console: ``--progress compact`` (default), ``ray`` or ``off``.
 
 ``compact`` prints one line when a trial starts and one when it ends (condition, fold, seed, objective,
-wall time), a status line at most every ``status_every_s`` seconds (trials running / finished / failed /
-pending, best objective so far, elapsed time, an ETA from the finished trials' mean duration), and a tqdm
+wall time), a status line at most every ``status_every_s`` seconds, and while no trial starts or ends
+only every 5 minutes (trials running / finished / failed / pending, best objective so far, elapsed
+time, an ETA from the finished trials' mean duration), and a tqdm
 bar when stdout is a terminal. ``ray`` adds Ray's own status tables and the workers' log lines to the
 trial lines. ``off`` prints only what went wrong. A failed trial's error is printed in full in every mode.
 """
@@ -19,6 +20,7 @@ from ray import tune
 from study.spec import PROGRESS_MODES
 
 STATUS_EVERY_S = 30.0  # at most one status line per this many seconds
+QUIET_STATUS_EVERY_S = 300.0  # ... and, while no trial starts or ends, one per this many
 PREFIX = "[noisy-transfer]"
 
 
@@ -27,6 +29,19 @@ def ray_console(mode: str) -> dict[str, Any]:
     if mode not in PROGRESS_MODES:
         raise ValueError(f"--progress must be one of {', '.join(PROGRESS_MODES)}, got {mode!r}")
     return {"verbose": 1 if mode == "ray" else 0, "log_to_driver": mode == "ray"}
+
+
+def quiet_libraries(mode: str) -> None:
+    """Outside ``--progress ray``: no INFO chatter from Ray Tune and MLflow's store (warnings stay), and
+    Tune's legacy console, which is silent at verbose 0 (the new one still prints its config box)."""
+    if mode == "ray":
+        return
+    import logging
+    import os
+
+    os.environ.setdefault("RAY_AIR_NEW_OUTPUT", "0")
+    for name in ("ray.tune", "ray.train", "mlflow.store.db.utils", "alembic"):
+        logging.getLogger(name).setLevel(logging.WARNING)
 
 
 def describe(config: Mapping[str, Any]) -> str:
@@ -66,6 +81,7 @@ class StudyProgress(tune.Callback):
         self._failed = 0
         self._best = math.nan
         self._t0 = self._last_status = None
+        self._changed = False  # a trial started or ended since the last status line
         self._bar = None
 
     def __getstate__(self) -> dict[str, Any]:  # Ray pickles callbacks with its experiment state
@@ -93,6 +109,7 @@ class StudyProgress(tune.Callback):
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         self._started[trial.trial_id] = self.clock()
+        self._changed = True
         self._print(f"{PREFIX} start  {trial.trial_id}: {describe(trial.config)}")
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
@@ -116,6 +133,7 @@ class StudyProgress(tune.Callback):
     def _ended(self, trial: Any) -> float:
         now = self.clock()
         wall = now - self._started.pop(trial.trial_id, now)
+        self._changed = True
         self._durations.append(wall)
         if self._bar is not None:
             self._bar.update(1)
@@ -124,9 +142,10 @@ class StudyProgress(tune.Callback):
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if self.mode != "compact" or self._last_status is None:
             return  # with --progress ray, Ray's own status table says this
-        if self.clock() - self._last_status >= self.status_every_s:
+        since = self.clock() - self._last_status
+        if since >= self.status_every_s and (self._changed or since >= QUIET_STATUS_EVERY_S):
             self._print(self.status_line(trials))
-            self._last_status = self.clock()
+            self._last_status, self._changed = self.clock(), False
 
     def on_experiment_end(self, trials: list, **info: Any) -> None:
         if self.mode == "compact":

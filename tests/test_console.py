@@ -60,6 +60,20 @@ def test_compact_lines_status_every_interval_best_and_eta():
                          "30s elapsed; ETA 40s"]
 
 
+def test_while_nothing_changes_the_status_line_comes_every_5_minutes_only():
+    clock, out = Clock(), io.StringIO()
+    progress = StudyProgress(total=1, status_every_s=30, clock=clock, out=out)
+    progress.setup()
+    trial = _trial("a", "Clean")
+    progress.on_trial_start(0, [trial], trial)
+    for _ in range(40):  # 10 minutes of steps, 15 s apart, the trial running throughout
+        clock.now += 15
+        progress.on_step_end(0, [trial])
+    status = [line for line in out.getvalue().splitlines() if "running" in line]
+    # at 30 s (the start changed things), then 300 s after that line, twice within the 10 minutes
+    assert [line.split("; ")[2] for line in status] == ["30s elapsed", "5m30s elapsed"]
+
+
 def test_a_failed_trial_prints_its_whole_error_even_with_progress_off(tmp_path):
     error = tmp_path / "error.txt"
     error.write_text("Traceback (most recent call last):\n  File \"x.py\", line 1\nFloatingPointError: nan loss\n")

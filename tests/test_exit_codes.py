@@ -55,7 +55,7 @@ def test_a_study_with_a_failed_trial_exports_everything_then_exits_1_and_prints_
     env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(ROOT)}
     done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(preset), "--preset", "exitcodes",
                            "--output", str(output), "--max-concurrent", "2"],
-                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=900)
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1400)
     log = done.stdout + done.stderr
     assert done.returncode == EXIT_ERROR, log[-4000:]
     trials = pd.read_parquet(output / "exitcodes" / "trials.parquet").set_index("condition")

@@ -30,14 +30,14 @@ def _free_port() -> int:
         return sock.getsockname()[1]
 
 
-def _get(base: str, path: str, **params: str) -> bytes:
-    url = f"{base}{path}?{urllib.parse.urlencode(params)}" if params else f"{base}{path}"
+def _get(base: str, route: str, **params: str) -> bytes:
+    url = f"{base}{route}?{urllib.parse.urlencode(params)}" if params else f"{base}{route}"
     with urllib.request.urlopen(url, timeout=30) as response:
         return response.read()
 
 
-def _post(base: str, path: str, body: dict) -> dict:
-    request = urllib.request.Request(f"{base}{path}", data=json.dumps(body).encode(),
+def _post(base: str, route: str, body: dict) -> dict:
+    request = urllib.request.Request(f"{base}{route}", data=json.dumps(body).encode(),
                                      headers={"Content-Type": "application/json"})
     with urllib.request.urlopen(request, timeout=30) as response:
         return json.loads(response.read())
