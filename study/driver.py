@@ -488,5 +488,6 @@ def print_summary(study_dir: Path) -> None:
         print(f"[noisy-transfer] (table unavailable: {error})")
     meta = json.loads((study_dir / "study.json").read_text())
     print(f"[noisy-transfer] results: {study_dir}\n"
-          f"[noisy-transfer] compare runs: mlflow ui --backend-store-uri {meta['tracking_uri']}\n"
+          f"[noisy-transfer] compare runs: mlflow ui --backend-store-uri {meta['tracking_uri']}, then open "
+          f"http://127.0.0.1:5000/#/experiments/{meta['experiment_id']}/runs?workflowType=machine_learning\n"
           f"[noisy-transfer] report: python -m analysis.report {study_dir}")
