@@ -128,18 +128,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
     if args.preset not in PRESETS:
         raise StudyError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     preset = PRESETS[args.preset]
-    data = args.data or ("moons" if preset.data_kinds == ("moons",) else "synthetic")
-    try:
-        kind, root = parse_data(data)
-    except ValueError as error:
-        raise StudyError(f"--data: {error}") from None
-    if kind not in preset.data_kinds:
-        raise StudyError(f"--data {data!r}: preset {preset.name} runs on {' or '.join(preset.data_kinds)} data")
-    if root and not Path(root).expanduser().is_dir():
-        raise StudyError(f"--data {data!r}: data root {root} does not exist (nothing is downloaded; "
-                         f"point it at a local copy of the {kind.upper()} data)")
-    if root:
-        data = f"{kind}:{Path(root).expanduser().resolve()}"
+    data = _resolve_data(args.data, preset)
     folds = _parse_folds(args.folds)
     _check_counts(args)
     if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
@@ -177,6 +166,23 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
     )
     spec.trial_configs()  # validate every trial now
     return spec
+
+
+def _resolve_data(data: str | None, preset: Preset) -> str:
+    """``--data`` checked against the preset, a local root made absolute (default: the preset's kind)."""
+    data = data or ("moons" if preset.data_kinds == ("moons",) else "synthetic")
+    try:
+        kind, root = parse_data(data)
+    except ValueError as error:
+        raise StudyError(f"--data: {error}") from None
+    if kind not in preset.data_kinds:
+        raise StudyError(f"--data {data!r}: preset {preset.name} runs on {' or '.join(preset.data_kinds)} data")
+    if root and not Path(root).expanduser().is_dir():
+        raise StudyError(f"--data {data!r}: data root {root} does not exist (nothing is downloaded; "
+                         f"point it at a local copy of the {kind.upper()} data)")
+    if root:
+        data = f"{kind}:{Path(root).expanduser().resolve()}"
+    return data
 
 
 def _check_counts(args: argparse.Namespace) -> None:
