@@ -13,21 +13,30 @@ import os
 import shlex
 import subprocess
 import sys
-from dataclasses import asdict
+import time
+from dataclasses import dataclass
 from functools import partial
 from importlib import metadata
 from pathlib import Path
 from typing import Any
 
 import pandas as pd
-from ray.tune.search.optuna import OptunaSearch
 
 from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
-from study.export import trial_frames, write_parquet
+from study.export import SCHEMA_VERSION, trial_frames, write_parquet
 from study.lock import StudyLock
+from study.optuna_resume import ResumableOptunaSearch
+from study.progress import StudyProgress, quiet_libraries, ray_console
+from study.relocate import artifact_location, relocate
 from study.spec import Secrets, StudyError, StudySpec
-from study.tracking import MLflowTrials, close_parent_run, delete_orphan_runs, open_parent_run
+from study.tracking import (
+    MLflowTrials,
+    close_parent_run,
+    delete_orphan_runs,
+    log_study_summary,
+    open_parent_run,
+)
 
 TRAINABLES = {
     "pretrain_finetune": "trainables.pretrain_finetune:pretrain_finetune",
@@ -57,40 +66,6 @@ def grid_param_space(configs: list[dict[str, Any]]) -> dict[str, Any]:
     from ray import tune
 
     return tune.grid_search([dict(config) for config in configs])
-
-
-class ResumableOptunaSearch(OptunaSearch):
-    """OptunaSearch whose restored copy continues its Optuna study without drawing extra trials.
-
-    Optuna stores a trial in ``optuna.db`` the moment Ray asks for it; Ray records the Ray trial only
-    at its next experiment snapshot. A driver killed in between leaves an Optuna trial that no Ray
-    trial owns (RUNNING forever), and the restored search would ask for a new one in its place: the
-    study would end with more Optuna trials than ``--num-samples``, the orphan's parameters drawn
-    twice. Restored, this searcher hands those orphans to the next Ray trials first, with whatever
-    parameters Optuna had already drawn for them (``suggest_*`` returns a trial's stored values).
-
-    The sampler's random state is restored from that snapshot too, so it would draw the orphans'
-    parameters again for the next trials; it is reseeded whenever Optuna holds trials the snapshot
-    does not know (a resumed search then draws differently from an uninterrupted one, never twice).
-    """
-
-    def restore(self, checkpoint_path: str) -> None:
-        import optuna
-
-        super().restore(checkpoint_path)
-        owned = {trial._trial_id for trial in self._ot_trials.values()}
-        unknown = [trial for trial in self._ot_study.get_trials(deepcopy=False) if trial._trial_id not in owned]
-        self._orphans = [trial._trial_id for trial in unknown if trial.state == optuna.trial.TrialState.RUNNING]
-        if unknown:
-            self._ot_study.sampler.reseed_rng()
-
-    def suggest(self, trial_id: str) -> dict | None:
-        import optuna
-
-        orphans = self.__dict__.get("_orphans") or []
-        if orphans and callable(self._space) and trial_id not in self._ot_trials:
-            self._ot_trials[trial_id] = optuna.trial.Trial(self._ot_study, orphans.pop(0))
-        return super().suggest(trial_id)
 
 
 def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], study_dir: Path) -> Any:
@@ -227,6 +202,7 @@ def parent_tags(spec: StudySpec, secrets: Secrets) -> dict[str, str]:
         except metadata.PackageNotFoundError:
             versions[package] = "not installed"
     return {
+        **source_tags(),
         "preset": spec.preset,
         "data": secrets.redact(spec.data),
         "smoke": str(spec.smoke),
@@ -234,6 +210,18 @@ def parent_tags(spec: StudySpec, secrets: Secrets) -> dict[str, str]:
         "command": secrets.redact(" ".join(shlex.quote(a) for a in sys.argv)),
         "versions": json.dumps(versions),
     }
+
+
+def source_tags() -> dict[str, str]:
+    """MLflow's own source tags (the runs table's Source, Version and User columns), on every run."""
+    import getpass
+
+    try:
+        user = getpass.getuser()
+    except (KeyError, OSError):  # no passwd entry (some containers)
+        user = "unknown"
+    return {"mlflow.source.name": "study/run.py", "mlflow.source.type": "LOCAL",
+            "mlflow.source.git.commit": _git_commit(), "mlflow.user": user}
 
 
 def _git_commit() -> str:
@@ -245,102 +233,210 @@ def _git_commit() -> str:
         return "unknown"
 
 
-def run_study(spec: StudySpec) -> Path:
-    """Run (or resume) the study described by ``spec``; returns the study folder."""
-    import mlflow  # noqa: F401  (imported early so a broken install fails before Ray starts)
-    from mlflow.tracking import MlflowClient
-    from ray import tune
+@dataclass(frozen=True)
+class OpenStudy:
+    """A study whose folder is locked, whose Ray is connected and whose MLflow parent run is open."""
 
-    preset = spec.preset_obj
-    configs = spec.trial_configs()
-    study_dir = spec.study_dir
-    secrets = Secrets.from_environment()
+    spec: StudySpec
+    configs: list[dict[str, Any]]
+    secrets: Secrets
+    client: Any  # MlflowClient
+    experiment_id: str
+    parent_run_id: str
+    started_at: float  # time.time() when the study (this session of it) opened, seconds
+
+    @property
+    def preset(self) -> Preset:
+        return self.spec.preset_obj
+
+    @property
+    def config_cls(self) -> type:
+        return TRAINABLE_CONFIGS[self.preset.trainable]
+
+    @property
+    def experiment_path(self) -> str:
+        """Ray Tune's experiment folder (or URI) of this study."""
+        return f"{self.spec.storage.rstrip('/')}/{self.spec.name}"
+
+    @property
+    def expected_trials(self) -> int:
+        """How many trials a complete study has: the searcher's samples, or the grid's configs."""
+        if self.preset.is_search:
+            return self.spec.num_samples or (4 if self.spec.smoke else self.preset.num_samples)
+        return len(self.configs)
+
+
+@dataclass(frozen=True)
+class StudyOutcome:
+    """How a study run ended: ``status`` FINISHED (every trial ended), KILLED (interrupted) or FAILED
+    (the driver itself failed); ``errored``: trials that ended in error."""
+
+    study_dir: Path
+    status: str
+    errored: int
+
+
+def run_study(spec: StudySpec) -> StudyOutcome:
+    """Run (or resume) the study described by ``spec``; how it ended (``study/run.py`` maps it to an
+    exit code)."""
+    import mlflow  # noqa: F401  (imported early so a broken install fails before Ray starts)
     import ray
 
     started_local_ray = not ray.is_initialized() and _existing_cluster() is None
     if started_local_ray:
         check_local_gpus(spec.gpus_per_trial)
-
     # The lock comes first: a second driver on a live study is told who owns it, not to --resume.
-    with StudyLock(study_dir):
-        if not spec.resume and (study_dir / "study.json").exists():
-            raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
-                             "or choose another --name")
-        if spec.resume and not (study_dir / "study.json").exists():
-            raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
-        ray.init(ignore_reinit_error=True, include_dashboard=False, log_to_driver=True)
-        check_cluster(spec, started_local_ray)
-        client = MlflowClient(spec.tracking_uri)
-        experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume)
-        meta = {
-            "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
-            "metric": preset.metric, "mode": preset.mode, "tracking_uri": secrets.redact(spec.tracking_uri),
-            "experiment_id": experiment_id, "parent_run_id": parent_run_id, "storage": secrets.redact(spec.storage),
-            "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
-            "folds": sorted({c["fold"] for c in configs if "fold" in c}),
-            "seeds": sorted({c["seed"] for c in configs}),
-        }
-        (study_dir / "study.json").write_text(json.dumps(meta, indent=2))
-        callback = MLflowTrials(spec.tracking_uri, experiment_id, parent_run_id, study_dir / "artifacts", secrets)
-        trainable = tune.with_resources(trainable_function(preset.trainable),
-                                        {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
-        config_cls = TRAINABLE_CONFIGS[preset.trainable]
-        if preset.is_search:
-            constants = config_cls.from_dict(configs[0]).to_dict()
-            param_space = constants
-            tune_config = tune.TuneConfig(
-                metric=preset.metric, mode=preset.mode,
-                search_alg=make_searcher(spec, preset, constants, study_dir),
-                scheduler=make_scheduler(preset, constants),
-                num_samples=spec.num_samples or (4 if spec.smoke else preset.num_samples),
-            )
-        else:
-            param_space = grid_param_space(configs)
-            tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode,
-                                          max_concurrent_trials=spec.max_concurrent or None)
-        tune_config.reuse_actors = True  # a worker runs trial after trial (runtime.begin_trial resets it)
-        # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
-        os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
-        run_config = tune.RunConfig(
-            name=spec.name,
-            storage_path=spec.storage,
-            callbacks=[callback],
-            checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
-            failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
-            verbose=1,
-        )
-        experiment_path = f"{spec.storage.rstrip('/')}/{spec.name}"
-        status = "FAILED"
+    with StudyLock(spec.study_dir):
+        study = open_study(spec, started_local_ray)
+        outcome = StudyOutcome(spec.study_dir, "FAILED", 0)
         try:
-            if spec.resume and tune.Tuner.can_restore(experiment_path):
-                tuner = tune.Tuner.restore(experiment_path, trainable=trainable, resume_errored=True,
-                                           param_space=param_space)
-            elif spec.resume:
-                print(f"[noisy-transfer] no Ray Tune state at {experiment_path} yet; starting its trials afresh")
-                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                                   run_config=run_config)
-            else:
-                tuner = tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
-                                   run_config=run_config)
-            tuner.fit()
-            status = "FINISHED"
+            build_tuner(study).fit()
+            outcome = StudyOutcome(spec.study_dir, "FINISHED", 0)
         except KeyboardInterrupt:
-            status = "KILLED"
+            outcome = StudyOutcome(spec.study_dir, "KILLED", 0)
         finally:
-            trials = export_study(spec, experiment_path, client, experiment_id, parent_run_id, config_cls,
-                                  secrets, state_complete=status == "FINISHED")
-            # Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never
-            # started, or left unfinished, tell that the study is incomplete.
-            expected = tune_config.num_samples if preset.is_search else len(configs)
-            finished = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
-            if status == "FINISHED" and finished < expected:
-                status = "KILLED"
-            if status == "KILLED":
-                print(f"\n[noisy-transfer] interrupted: exported what finished; continue with --resume "
-                      f"(same arguments plus --resume)")
-            close_parent_run(client, parent_run_id, status)
-        print_summary(study_dir)
-    return study_dir
+            outcome = finish_study(study, outcome)
+        print_summary(spec.study_dir)
+    return outcome
+
+
+def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
+    """Check the folder, connect Ray, check the cluster, open the MLflow parent run, write study.json."""
+    import ray
+    from mlflow.tracking import MlflowClient
+
+    study_dir = spec.study_dir
+    if not spec.resume and (study_dir / "study.json").exists():
+        raise StudyError(f"study folder {study_dir} already holds a study; continue it with --resume, "
+                         "or choose another --name")
+    if spec.resume and not (study_dir / "study.json").exists():
+        raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
+    configs = spec.trial_configs()
+    secrets = Secrets.from_environment()
+    quiet_libraries(spec.progress)
+    ray.init(ignore_reinit_error=True, include_dashboard=False,
+             log_to_driver=ray_console(spec.progress)["log_to_driver"])
+    check_cluster(spec, started_local_ray)
+    local_store = spec.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in spec.tracking_uri
+    if spec.resume and (study_dir / "mlflow.db").is_file():
+        relocate(study_dir)  # the folder may have moved since the study started
+    client = MlflowClient(spec.tracking_uri)
+    experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume,
+                                                   artifact_location(study_dir) if local_store else None)
+    study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id, time.time())
+    (study_dir / "study.json").write_text(json.dumps(study_meta(study), indent=2))
+    return study
+
+
+def study_meta(study: OpenStudy) -> dict[str, Any]:
+    """The contents of study.json: what the study is and where its runs are (credentials redacted)."""
+    spec, preset, configs, secrets = study.spec, study.preset, study.configs, study.secrets
+    return {
+        "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
+        "metric": preset.metric, "mode": preset.mode, "tracking_uri": secrets.redact(spec.tracking_uri),
+        "experiment_id": study.experiment_id, "parent_run_id": study.parent_run_id,
+        "storage": secrets.redact(spec.storage),
+        "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
+        "folds": sorted({c["fold"] for c in configs if "fold" in c}),
+        "seeds": sorted({c["seed"] for c in configs}),
+    }
+
+
+def build_tuner(study: OpenStudy) -> Any:
+    """The Tuner of ``study``: restored from Ray's experiment state on --resume, else new."""
+    from ray import tune
+
+    spec = study.spec
+    trainable = tune.with_resources(trainable_function(study.preset.trainable),
+                                    {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
+    param_space, tune_config = search_setup(study)
+    if spec.resume and tune.Tuner.can_restore(study.experiment_path):
+        return tune.Tuner.restore(study.experiment_path, trainable=trainable, resume_errored=True,
+                                  param_space=param_space)
+    if spec.resume:
+        print(f"[noisy-transfer] no Ray Tune state at {study.experiment_path} yet; starting its trials afresh")
+    return tune.Tuner(trainable, param_space=param_space, tune_config=tune_config,
+                      run_config=run_config(study))
+
+
+def search_setup(study: OpenStudy) -> tuple[dict[str, Any], Any]:
+    """(param_space, TuneConfig): Optuna + ASHA over constants for a search preset, else the grid."""
+    from ray import tune
+
+    spec, preset = study.spec, study.preset
+    if preset.is_search:
+        param_space = study.config_cls.from_dict(study.configs[0]).to_dict()
+        search = {"search_alg": make_searcher(spec, preset, param_space, spec.study_dir),
+                  "scheduler": make_scheduler(preset, param_space), "num_samples": study.expected_trials}
+    else:
+        param_space = grid_param_space(study.configs)
+        search = {"max_concurrent_trials": spec.max_concurrent or None}
+    tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode, **search)
+    tune_config.reuse_actors = True  # a worker runs trial after trial (runtime.begin_trial resets it)
+    return param_space, tune_config
+
+
+def run_config(study: OpenStudy) -> Any:
+    """Where Ray Tune keeps the experiment, its callbacks, checkpoints kept and retries."""
+    from ray import tune
+
+    spec = study.spec
+    mlflow_trials = MLflowTrials(spec.tracking_uri, study.experiment_id, study.parent_run_id,
+                                 spec.study_dir / "artifacts", study.secrets, source_tags())
+    progress = StudyProgress(study.expected_trials, spec.progress, study.preset.metric, study.preset.mode)
+    # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
+    return tune.RunConfig(
+        name=spec.name,
+        storage_path=spec.storage,
+        callbacks=[mlflow_trials, progress],
+        checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
+        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        verbose=ray_console(spec.progress)["verbose"],
+    )
+
+
+def finish_study(study: OpenStudy, outcome: StudyOutcome) -> StudyOutcome:
+    """Export what ran, tell an incomplete study how to continue, close the parent run.
+
+    Ray Tune turns Ctrl-C into a graceful stop and returns normally: trials it never started, or left
+    unfinished, tell that the study is incomplete, so an outcome FINISHED then becomes KILLED.
+    """
+    status = outcome.status
+    trials = export_study(study.spec, study.experiment_path, study.client, study.experiment_id,
+                          study.parent_run_id, study.config_cls, study.secrets,
+                          state_complete=status == "FINISHED")
+    ended = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+    errored = 0 if trials is None else int((trials["status"] == "ERROR").sum())
+    if status == "FINISHED" and ended < study.expected_trials:
+        status = "KILLED"
+    if status == "KILLED":
+        print("\n[noisy-transfer] interrupted: exported what finished; continue with --resume "
+              "(same arguments plus --resume)")
+    if errored:
+        print(f"[noisy-transfer] {errored} trial(s) ended in error: see the error column of "
+              f"{study.spec.study_dir / 'trials.parquet'} and the FAILED lines above")
+    summarize_in_parent_run(study, trials)
+    close_parent_run(study.client, study.parent_run_id, status)
+    return StudyOutcome(study.spec.study_dir, status, errored)
+
+
+def summarize_in_parent_run(study: OpenStudy, trials: pd.DataFrame | None) -> None:
+    """Write report.md (tables and figures) and log it, the parquet files and summary metrics to the
+    parent run. Neither may lose the study's results: a failure is printed, not raised."""
+    study_dir = study.spec.study_dir
+    try:
+        from analysis.report import write_report
+
+        if trials is not None and len(trials):
+            write_report(study_dir)
+    except Exception as error:  # the report is a convenience; the parquet files are the result
+        print(f"[noisy-transfer] report.md not written: {error}")
+    try:
+        log_study_summary(study.client, study.parent_run_id, trials, study.preset.metric, study.preset.mode,
+                          time.time() - study.started_at, study_dir)
+    except Exception as error:  # an unreachable tracking server must not hide the exported results
+        print(f"[noisy-transfer] the study's summary was not logged to MLflow: {error}")
 
 
 def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_id: str, parent_run_id: str,
@@ -371,11 +467,22 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
         analysis.trials, analysis.trial_dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
         config_keys=[f.name for f in fields(config_cls)], secrets=secrets,
     )
-    write_parquet(trials, spec.study_dir / "trials.parquet")
-    write_parquet(history, spec.study_dir / "history.parquet")
+    metadata = parquet_metadata(spec)
+    write_parquet(trials, spec.study_dir / "trials.parquet", metadata)
+    write_parquet(history, spec.study_dir / "history.parquet", metadata)
     print(f"[noisy-transfer] wrote {spec.study_dir / 'trials.parquet'} ({len(trials)} trials) and "
           f"{spec.study_dir / 'history.parquet'} ({len(history)} rows)")
     return trials
+
+
+def parquet_metadata(spec: StudySpec) -> dict[str, str]:
+    """What every exported parquet file says about itself (its pyarrow schema metadata)."""
+    try:
+        version = metadata.version("noisy-transfer")
+    except metadata.PackageNotFoundError:
+        version = "not installed"
+    return {"schema_version": SCHEMA_VERSION, "project_version": version, "git_commit": _git_commit(),
+            "preset": spec.preset, "study": spec.name}
 
 
 def print_summary(study_dir: Path) -> None:
@@ -391,5 +498,6 @@ def print_summary(study_dir: Path) -> None:
         print(f"[noisy-transfer] (table unavailable: {error})")
     meta = json.loads((study_dir / "study.json").read_text())
     print(f"[noisy-transfer] results: {study_dir}\n"
-          f"[noisy-transfer] compare runs: mlflow ui --backend-store-uri {meta['tracking_uri']}\n"
+          f"[noisy-transfer] compare runs: mlflow ui --backend-store-uri {meta['tracking_uri']}, then open "
+          f"http://127.0.0.1:5000/#/experiments/{meta['experiment_id']}/runs?workflowType=machine_learning\n"
           f"[noisy-transfer] report: python -m analysis.report {study_dir}")

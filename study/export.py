@@ -8,7 +8,6 @@ deduplicated (last report wins).
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping
@@ -21,7 +20,9 @@ from study.tracking import is_metric, trial_error_text
 from trainables.labels import pretrain_categories
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
-TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error")
+TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error", "start_time", "end_time",
+                 "wall_s", "node")
+SCHEMA_VERSION = "2"  # of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node
 HISTORY_COLUMNS = ("study", "trial_id", "condition", "fold", "seed", "phase", "epoch", "epoch_total")
 
 
@@ -46,6 +47,7 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             "status": str(trial.status),
             "error": secrets.redact(_error_line(trial)) if str(trial.status) == "ERROR" else "",
         }
+        row.update(trial_timing(last))
         row.update(secrets.public({key: trial.config.get(key) for key in config_keys}))
         if "label_transform" in trial.config:  # a pretrain-finetune trial: Figure 3's x axis, per trial
             row["pretrain_categories"] = trial_pretrain_categories(trial.config)
@@ -107,10 +109,28 @@ def _tidy(frame: pd.DataFrame) -> pd.DataFrame:
     return frame.sort_values(["trial_id"]).reset_index(drop=True) if len(frame) else frame
 
 
-def write_parquet(frame: pd.DataFrame, path: Path) -> Path:
-    """Write atomically (temp file then rename): a reader never sees half a file."""
+def trial_timing(last: Mapping[str, Any]) -> dict[str, Any]:
+    """When and where a trial ran, from its last report: ``start_time``/``end_time`` (UTC timestamps),
+    ``wall_s`` (seconds of training, summed over restarts: Ray's ``time_total_s``) and ``node`` (the
+    IP of the node that ran its last report). Missing values for a trial that never reported."""
+    end, wall = last.get("timestamp"), last.get("time_total_s")
+    if not isinstance(end, (int, float)) or not isinstance(wall, (int, float)):
+        return {"start_time": pd.NaT, "end_time": pd.NaT, "wall_s": np.nan, "node": str(last.get("node_ip", ""))}
+    return {"start_time": pd.Timestamp(end - wall, unit="s", tz="UTC"), "end_time": pd.Timestamp(end, unit="s", tz="UTC"),
+            "wall_s": float(wall), "node": str(last.get("node_ip", ""))}
+
+
+def write_parquet(frame: pd.DataFrame, path: Path, metadata: Mapping[str, str] | None = None) -> Path:
+    """Write atomically (temp file then rename): a reader never sees half a file. ``metadata`` goes into
+    the pyarrow schema's key-value metadata (``pyarrow.parquet.read_schema(path).metadata``)."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
+    table = pa.Table.from_pandas(frame, preserve_index=False)
+    extra = {f"noisy_transfer.{key}".encode(): str(value).encode() for key, value in (metadata or {}).items()}
+    table = table.replace_schema_metadata({**(table.schema.metadata or {}), **extra})
     tmp = path.with_name(f".{path.name}.tmp")
-    frame.to_parquet(tmp, index=False)
+    pq.write_table(table, tmp)
     os.replace(tmp, path)
     return path
 
@@ -121,10 +141,3 @@ def _error_line(trial: Any) -> str:
     lines = [line for line in (error or "").strip().splitlines() if line.strip()]
     return lines[-1][:1000] if lines else "error (see the trial's error.txt)"
 
-
-def finite_or_nan(value: Any) -> float:
-    try:
-        value = float(value)
-    except (TypeError, ValueError):
-        return math.nan
-    return value if math.isfinite(value) else math.nan

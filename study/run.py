@@ -5,12 +5,18 @@ from __future__ import annotations
 import sys
 from typing import Sequence
 
+# Exit codes (README, "Exit codes"): what `ray job submit`, CI and shell scripts read.
+EXIT_OK = 0  # every trial finished
+EXIT_ERROR = 1  # a trial ended in error (everything was exported first)
+EXIT_USAGE = 2  # bad input, refused before Ray starts
+EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, the shell's convention); continue with --resume
+
 
 def main(argv: Sequence[str] | None = None) -> int:
-    """Parse, validate, run (or, with ``--print-configs``, print what would run). A bad value is one line
-    on stderr and exit code 2, before Ray starts."""
-    from study.spec import StudyError, list_presets, parse_spec
+    """Parse, validate, run (or, with ``--print-configs``, print what would run); the exit code (above). A
+    bad value is one line on stderr and exit code 2, before Ray starts."""
     from study.lock import StudyLocked
+    from study.spec import StudyError, list_presets, parse_spec
 
     try:
         spec = parse_spec(argv)
@@ -24,11 +30,13 @@ def main(argv: Sequence[str] | None = None) -> int:
             return 0
         from study.driver import run_study
 
-        run_study(spec)
+        outcome = run_study(spec)
     except (StudyError, StudyLocked) as error:
         print(f"error: {error}", file=sys.stderr)
-        return 2
-    return 0
+        return EXIT_USAGE
+    if outcome.status == "KILLED":
+        return EXIT_INTERRUPTED
+    return EXIT_ERROR if outcome.errored or outcome.status != "FINISHED" else EXIT_OK
 
 
 if __name__ == "__main__":

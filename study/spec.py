@@ -17,6 +17,10 @@ from search_spaces import DEFAULT_PRESET, PRESETS, Preset, get_preset, validate_
 from trainables.config import parse_data
 
 SAMPLERS = ("tpe", "qmc", "random")
+PROGRESS_MODES = ("compact", "ray", "off")  # see study/progress.py
+# Ray Jobs sets this in the environment of a job's driver (ray._private.runtime_env.constants).
+RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
+OUTPUT_HOME_ENV = "NOISY_TRANSFER_HOME"  # where a Ray job's relative --output resolves (default: ~)
 
 
 class StudyError(ValueError):
@@ -44,6 +48,7 @@ class StudySpec:
     smoke: bool
     resume: bool
     print_configs: bool = False  # print the resolved trial configs and exit, without Ray
+    progress: str = "compact"  # the console: compact | ray | off (study/progress.py)
 
     @property
     def study_dir(self) -> Path:
@@ -118,6 +123,9 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--list-presets", action="store_true", help="print the presets and exit")
     parser.add_argument("--print-configs", action="store_true",
                         help="print every trial's resolved config and exit (starts no Ray, writes nothing)")
+    parser.add_argument("--progress", default="compact", help="console: compact (one line per trial start "
+                        "and end, a status line every 30 s) | ray (Ray's tables and worker logs) | off")
+    parser.add_argument("--version", action="version", version=f"noisy-transfer {_version()}")
     return parser
 
 
@@ -129,37 +137,16 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
     if args.preset not in PRESETS:
         raise StudyError(f"unknown preset {args.preset!r}; choose one of: {', '.join(PRESETS)}")
     preset = PRESETS[args.preset]
-    data = args.data or ("moons" if preset.data_kinds == ("moons",) else "synthetic")
-    try:
-        kind, root = parse_data(data)
-    except ValueError as error:
-        raise StudyError(f"--data: {error}") from None
-    if kind not in preset.data_kinds:
-        raise StudyError(f"--data {data!r}: preset {preset.name} runs on {' or '.join(preset.data_kinds)} data")
-    if root and not Path(root).expanduser().is_dir():
-        raise StudyError(f"--data {data!r}: data root {root} does not exist (nothing is downloaded; "
-                         f"point it at a local copy of the {kind.upper()} data)")
-    if root:
-        data = f"{kind}:{Path(root).expanduser().resolve()}"
+    data = _resolve_data(args.data, preset)
     folds = _parse_folds(args.folds)
-    for flag, value in (("--num-samples", args.num_samples), ("--seeds", args.seeds)):
-        if value is not None and value < 1:
-            raise StudyError(f"{flag} must be a positive integer, got {value}")
-    if args.max_concurrent < 0:
-        raise StudyError(f"--max-concurrent must be >= 0 (0 = as resources allow), got {args.max_concurrent}")
-    if args.cpus_per_trial <= 0:
-        raise StudyError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
-    if args.gpus_per_trial < 0:
-        raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
-    if args.sampler not in SAMPLERS:
-        raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    _check_counts(args)
     if args.imagenet_weights and not Path(args.imagenet_weights).is_file():
         raise StudyError(f"--imagenet-weights: file {args.imagenet_weights} does not exist")
     if args.num_samples is not None and not preset.is_search:
         raise StudyError(f"--num-samples: preset {preset.name} is a grid; repeat it with --seeds instead")
     if folds and not preset.uses_folds:
         raise StudyError(f"--folds: preset {preset.name} has no folds (it is a classification study)")
-    output = Path(args.output).expanduser().resolve()
+    output = resolve_output(args.output)
     name = args.name or (f"{preset.name}-smoke" if args.smoke else preset.name)
     if not name or "/" in name or name.startswith("."):
         raise StudyError(f"--name must be a plain folder name, got {name!r}")
@@ -171,7 +158,8 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         data=data,
         output=output,
         name=name,
-        tracking_uri=args.tracking_uri or f"sqlite:///{output / name / 'mlflow.db'}",
+        tracking_uri=(args.tracking_uri or os.environ.get("MLFLOW_TRACKING_URI")
+                      or f"sqlite:///{output / name / 'mlflow.db'}"),
         storage=storage,
         num_samples=args.num_samples,
         seeds=args.seeds,
@@ -184,9 +172,65 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         smoke=args.smoke,
         resume=args.resume,
         print_configs=args.print_configs,
+        progress=args.progress,
     )
     spec.trial_configs()  # validate every trial now
     return spec
+
+
+def _resolve_data(data: str | None, preset: Preset) -> str:
+    """``--data`` checked against the preset, a local root made absolute (default: the preset's kind)."""
+    data = data or ("moons" if preset.data_kinds == ("moons",) else "synthetic")
+    try:
+        kind, root = parse_data(data)
+    except ValueError as error:
+        raise StudyError(f"--data: {error}") from None
+    if kind not in preset.data_kinds:
+        raise StudyError(f"--data {data!r}: preset {preset.name} runs on {' or '.join(preset.data_kinds)} data")
+    if root and not Path(root).expanduser().is_dir():
+        raise StudyError(f"--data {data!r}: data root {root} does not exist (nothing is downloaded; "
+                         f"point it at a local copy of the {kind.upper()} data)")
+    if root:
+        data = f"{kind}:{Path(root).expanduser().resolve()}"
+    return data
+
+
+def _check_counts(args: argparse.Namespace) -> None:
+    """Refuse counts and resources no study can run with, and an unknown sampler."""
+    for flag, value in (("--num-samples", args.num_samples), ("--seeds", args.seeds)):
+        if value is not None and value < 1:
+            raise StudyError(f"{flag} must be a positive integer, got {value}")
+    if args.max_concurrent < 0:
+        raise StudyError(f"--max-concurrent must be >= 0 (0 = as resources allow), got {args.max_concurrent}")
+    if args.cpus_per_trial <= 0:
+        raise StudyError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
+    if args.gpus_per_trial < 0:
+        raise StudyError(f"--gpus-per-trial must be >= 0, got {args.gpus_per_trial}")
+    if args.sampler not in SAMPLERS:
+        raise StudyError(f"--sampler must be one of {', '.join(SAMPLERS)}, got {args.sampler!r}")
+    if args.progress not in PROGRESS_MODES:
+        raise StudyError(f"--progress must be one of {', '.join(PROGRESS_MODES)}, got {args.progress!r}")
+
+
+def resolve_output(output: str, environ: Mapping[str, str] | None = None) -> Path:
+    """``--output`` as an absolute path. Relative paths resolve against the working directory, except
+    under Ray Jobs, whose working directory is a per-job copy of ``--working-dir`` that Ray deletes:
+    there they resolve against ``$NOISY_TRANSFER_HOME`` or the home folder, so results outlive the job
+    and ``--resume`` after a code change finds them."""
+    environ = os.environ if environ is None else environ
+    path = Path(output).expanduser()
+    if not path.is_absolute() and RAY_JOB_ENV in environ:
+        path = Path(environ.get(OUTPUT_HOME_ENV) or Path.home()).expanduser() / path
+    return path.resolve()
+
+
+def _version() -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version("noisy-transfer")
+    except metadata.PackageNotFoundError:
+        return "unknown (not installed; pip install -e .)"
 
 
 def _parse_folds(text: str | None) -> tuple[int, ...] | None:
@@ -244,7 +288,3 @@ class Secrets:
         return {key: self.redact(value) if isinstance(value, str) else value
                 for key, value in config.items() if key not in self.names}
 
-
-def environment_secret_names(environ: dict[str, str] | None = None) -> set[str]:
-    """Names of environment variables that look like credentials (never logged anywhere)."""
-    return set(Secrets.from_environment(environ).names)

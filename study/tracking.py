@@ -13,6 +13,7 @@ from __future__ import annotations
 import json
 import math
 import tempfile
+import time
 import traceback
 from pathlib import Path
 from typing import Any, Mapping
@@ -30,6 +31,8 @@ from trainables.runtime import load_state
 # bookkeeping keys (time_this_iter_s, pid, ...) are left out.
 NON_METRIC_KEYS = {"phase", "trial_id", "done", "config"}
 _TAG_LIMIT = 5000  # MLflow's maximum tag value length
+# MLflow 3's UI opens an experiment without this tag on its GenAI overview (traces, token usage).
+EXPERIMENT_KIND_TAG, EXPERIMENT_KIND = "mlflow.experimentKind", "custom_model_development"
 
 
 def is_metric(key: str, value: Any) -> bool:
@@ -42,10 +45,18 @@ def is_metric(key: str, value: Any) -> bool:
     )
 
 
-def open_parent_run(client: MlflowClient, study: str, tags: Mapping[str, str], resume: bool) -> tuple[str, str]:
-    """(experiment_id, parent_run_id): the study's experiment and parent run, reused on resume."""
+def open_parent_run(client: MlflowClient, study: str, tags: Mapping[str, str], resume: bool,
+                    artifact_location: str | None = None) -> tuple[str, str]:
+    """(experiment_id, parent_run_id): the study's experiment and parent run, reused on resume.
+
+    ``artifact_location``: where a new experiment keeps its artifacts (a ``file://`` URI inside the
+    study folder for the study's own SQLite store; None lets a tracking server choose). The experiment
+    is tagged as model development, so the MLflow UI opens it on its runs table, not on GenAI traces.
+    """
     experiment = client.get_experiment_by_name(study)
-    experiment_id = experiment.experiment_id if experiment else client.create_experiment(study)
+    experiment_id = experiment.experiment_id if experiment else client.create_experiment(
+        study, artifact_location=artifact_location)
+    client.set_experiment_tag(experiment_id, EXPERIMENT_KIND_TAG, EXPERIMENT_KIND)
     if resume:
         runs = client.search_runs([experiment_id], filter_string="tags.`noisy_transfer.role` = 'study'",
                                   max_results=1, order_by=["attributes.start_time DESC"])
@@ -84,7 +95,8 @@ class MLflowTrials(tune.Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow run (see module docstring)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, artifacts_dir: Path,
-                 secrets: Secrets | None = None) -> None:
+                 secrets: Secrets | None = None, source_tags: Mapping[str, str] | None = None) -> None:
+        self.source_tags = dict(source_tags or {})  # mlflow.source.* and mlflow.user, as on the parent
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
         self.parent_run_id = parent_run_id
@@ -122,6 +134,7 @@ class MLflowTrials(tune.Callback):
         else:
             config = trial.config
             tags = {
+                **getattr(self, "source_tags", {}),  # absent from callbacks pickled by an older version
                 "mlflow.parentRunId": self.parent_run_id,
                 "trial_id": trial_id,
                 "condition": str(config.get("condition", "")),
@@ -165,20 +178,12 @@ class MLflowTrials(tune.Callback):
         finally:
             self.client.set_tag(run_id, "status", "FINISHED")
             self.client.set_terminated(run_id, status="FINISHED")
-        result = trial.last_result or {}
-        summary = " ".join(
-            f"{key}={result[key]:.4f}" for key in ("objective", "finetune/test_mean_iu", "test/mean_f1")
-            if isinstance(result.get(key), float) and math.isfinite(result[key])
-        )
-        print(f"[noisy-transfer] trial {trial.trial_id} done: {_describe(trial.config)} {summary}", flush=True)
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
         message = self.secrets.redact(_error_message(trial))
         self.client.log_batch(run_id, tags=[RunTag("status", "FAILED"), RunTag("error", message[-_TAG_LIMIT:])])
         self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
-        print(f"[noisy-transfer] trial {trial.trial_id} FAILED: {_describe(trial.config)}: "
-              f"{message.strip().splitlines()[-1] if message.strip() else 'unknown error'}", flush=True)
 
     def _log_artifacts(self, run_id: str, trial: Any) -> None:
         """Config JSON, final confusion matrix, sample predictions / decision boundary, from the checkpoint."""
@@ -215,14 +220,6 @@ def write_state_artifacts(state: Mapping[str, Any], folder: Path) -> None:
         np.savez_compressed(folder / "boundary.npz", **{k: np.asarray(v) for k, v in checkpoint.boundary.items()})
 
 
-def _describe(config: Mapping[str, Any]) -> str:
-    parts = [str(config.get("condition", ""))]
-    if "fold" in config:
-        parts.append(f"fold {config['fold']}")
-    parts.append(f"seed {config.get('seed')}")
-    return ", ".join(parts)
-
-
 def trial_error_text(trial: Any) -> str | None:
     """The text of a trial's error file, None when it has none (or it cannot be read).
 
@@ -244,3 +241,25 @@ def trial_error_text(trial: Any) -> str | None:
 
 def _error_message(trial: Any) -> str:
     return trial_error_text(trial) or "trial failed; see the trial's error.txt"
+
+
+def log_study_summary(client: MlflowClient, parent_run_id: str, trials: Any, metric: str, mode: str,
+                      wall_s: float, study_dir: Path) -> None:
+    """The parent run's summary at the study's end: best ``metric``, trials per status, wall time
+    (seconds), and the study's files (report.md with its figures and tables, the parquet files,
+    study.json) as artifacts."""
+    metrics = {"study/wall_time_s": float(wall_s)}
+    if trials is not None and len(trials):
+        for status, count in trials["status"].value_counts().items():
+            metrics[f"study/trials_{str(status).lower()}"] = float(count)
+        done = trials.loc[trials["status"] == "TERMINATED"]
+        values = done[metric].dropna() if metric in done else []
+        if len(values):
+            metrics[f"study/best_{metric}"] = float(values.max() if mode == "max" else values.min())
+    client.log_batch(parent_run_id, metrics=[Metric(k, v, int(time.time() * 1000), 0) for k, v in metrics.items()])
+    for name in ("report.md", "trials.parquet", "history.parquet", "study.json"):
+        if (study_dir / name).is_file():
+            client.log_artifact(parent_run_id, str(study_dir / name))
+    for folder in ("figures", "tables"):
+        if (study_dir / folder).is_dir():
+            client.log_artifacts(parent_run_id, str(study_dir / folder), artifact_path=folder)

@@ -116,6 +116,7 @@ def test_a_study_stopped_with_ctrl_c_resumes_and_has_every_trial_exactly_once(tm
     expected = len(PRESETS["table1"].trial_configs("synthetic", smoke=True))
     assert 1 <= len(done_first) < expected, log[-3000:]
     assert "continue with --resume" in log
+    assert driver.returncode == 130, "an interrupted study exits 130 (README, Exit codes)"
 
     resumed = subprocess.run([*argv, "--resume"], env=env, capture_output=True, text=True, timeout=600)
     assert resumed.returncode == 0, resumed.stdout[-3000:] + resumed.stderr[-3000:]

@@ -1,0 +1,67 @@
+"""Exit codes a tool (``ray job submit``, CI, a shell script) can read, each from a real study:
+0 every trial finished (tests/test_study.py's runs), 1 a trial ended in error (after exporting
+everything), 130 interrupted (tests/test_study.py's Ctrl-C test), 2 bad input (here and test_study.py)."""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pandas as pd
+import pytest
+
+from search_spaces.base import SEGMENTATION_SMOKE
+from study.run import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
+
+ROOT = Path(__file__).resolve().parents[1]
+# the real CLI with one more preset (JSON), as tests/test_faults.py composes its fault grids
+DRIVER = textwrap.dedent("""
+    import json, sys
+    from search_spaces import PRESETS
+    from search_spaces.base import Preset
+    extra = json.loads(sys.argv[1])
+    PRESETS[extra["name"]] = Preset(**{**extra, "folds": tuple(extra["folds"])})
+    from study.run import main
+    sys.exit(main(sys.argv[2:]))
+""")
+# SGD at lr 10 with batches of 4 diverges to NaN in pre-training epoch 2 (tests/test_faults.py)
+DIVERGES = {"optimizer": "sgd", "lr_pretrain": 10.0, "momentum": 0.9, "weight_decay": 1.0, "batch_size": 4}
+
+
+def test_the_codes_are_the_documented_ones():
+    assert (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    readme = (ROOT / "README.md").read_text()
+    for code in ("`0`", "`1`", "`2`", "`130`"):
+        assert code in readme.split("## Exit codes")[1].split("\n## ")[0]
+
+
+def test_bad_input_exits_2(tmp_path, capsys):
+    assert main(["--smoke", "--output", str(tmp_path), "--seeds", "0"]) == EXIT_USAGE
+    assert "--seeds" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_a_study_with_a_failed_trial_exports_everything_then_exits_1_and_prints_the_whole_error(tmp_path):
+    preset = {
+        "name": "exitcodes", "description": "one diverging trial", "trainable": "pretrain_finetune",
+        "conditions": {"Diverges": DIVERGES, "CompleteLabels": {}}, "folds": [1], "seeds": 1,
+        "base": {**SEGMENTATION_SMOKE, "epochs_pretrain": 2, "epochs_finetune": 1, "warmup_epochs": 0},
+    }
+    output = tmp_path / "results"
+    env = {**os.environ, "RAY_ADDRESS": "local", "PYTHONPATH": str(ROOT)}
+    done = subprocess.run([sys.executable, "-c", DRIVER, json.dumps(preset), "--preset", "exitcodes",
+                           "--output", str(output), "--max-concurrent", "2"],
+                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1400)
+    log = done.stdout + done.stderr
+    assert done.returncode == EXIT_ERROR, log[-4000:]
+    trials = pd.read_parquet(output / "exitcodes" / "trials.parquet").set_index("condition")
+    assert trials.loc["Diverges", "status"] == "ERROR" and trials.loc["CompleteLabels", "status"] == "TERMINATED"
+    assert (output / "exitcodes" / "history.parquet").exists()
+    # the failed trial's error in full: its traceback, not only the last line
+    failed = log.split("[noisy-transfer] FAILED ")[1]
+    assert "Traceback (most recent call last)" in failed and "non-finite" in failed, log[-4000:]
+    assert "1 trial(s) ended in error" in log
