@@ -8,6 +8,7 @@ deduplicated (last report wins).
 
 from __future__ import annotations
 
+import math
 import os
 from pathlib import Path
 from typing import Any, Iterable, Mapping

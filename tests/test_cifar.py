@@ -100,7 +100,7 @@ def test_missing_root_and_folder_are_named(tmp_path):
     missing = tmp_path / "nowhere"
     with pytest.raises(FileNotFoundError, match=rf"CIFAR root {re.escape(str(missing))} is not a directory"):
         load_cifar_pu(missing, "train", 0.5, seed=0)
-    with pytest.raises(FileNotFoundError, match=rf"(?s)cifar-10-batches-py is missing.*cifar-100-python"):
+    with pytest.raises(FileNotFoundError, match=r"(?s)cifar-10-batches-py is missing.*cifar-100-python"):
         load_cifar_pu(tmp_path, "train", 0.5, seed=0)
 
 
