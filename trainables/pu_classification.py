@@ -43,7 +43,7 @@ from trainables.data.base import ClassificationData
 from trainables.data.loading import ClassificationDataset, class_counts, make_loader
 from trainables.data.moons import grid, make_moons
 from trainables.engine import evaluate_classification, train_one_epoch
-from trainables.losses import frequency_class_weights, make_loss
+from trainables.losses import make_loss, pu_class_weights
 from trainables.models import SplitModel, build_model
 from trainables.runtime import (Reporter, autocast_dtype, checkpoint_state_from_tune, place_model, select_device,
                                set_threads, stream_seed, tune_reporter)
@@ -101,13 +101,7 @@ def run(
         torch.set_rng_state(state["rng"])
         history = list(state["history"])
 
-    # Thesis 4, implementation details: warm up with class-weighted CE (weights from the *observed*
-    # label frequencies, which the U set skews towards class 0), then switch to the configured loss.
-    # nnPU balances through its prior instead.
-    weights = frequency_class_weights(class_counts(train_data.labels, num_classes)).to(device)
-    warmup_loss = make_loss("ce", class_weights=weights)
-    main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
-    main_loss = make_loss(cfg.loss, class_weights=main_weights, **_loss_params(cfg))
+    warmup_loss, main_loss = make_losses(cfg, train_data, device)
     train = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
                         seed=stream_seed(cfg.seed, "batches"), device=device)
     test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
@@ -157,12 +151,12 @@ def load_pu_data(cfg: PUClassificationConfig, split: str) -> ClassificationData:
     kind, root = parse_data(cfg.data)
     pn = cfg.setup == "pn"
     if kind == "synthetic":
-        from trainables.data.synthetic import SyntheticConfig, load_synthetic_classification
+        from trainables.data.synthetic import PU_VIEW, SyntheticConfig, load_synthetic_classification
 
-        synthetic = SyntheticConfig(image_size=32)
+        synthetic = SyntheticConfig(**PU_VIEW)
         if cfg.images_per_class:  # keep val/test no larger than train in small (smoke) configurations
             synthetic = SyntheticConfig(
-                image_size=32, images_per_class=cfg.images_per_class,
+                **PU_VIEW, images_per_class=cfg.images_per_class,
                 val_per_class=min(synthetic.val_per_class, cfg.images_per_class),
                 test_per_class=min(synthetic.test_per_class, cfg.images_per_class),
             )
@@ -222,5 +216,37 @@ def decision_boundary(
     }
 
 
-def _loss_params(cfg: PUClassificationConfig) -> dict[str, float]:
-    return {name: getattr(cfg, name) for name in ("q", "beta", "gamma", "prior") if getattr(cfg, name) is not None}
+def make_losses(
+    cfg: PUClassificationConfig, train_data: ClassificationData, device: str | torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(warm-up loss, main loss) of a trial.
+
+    Thesis 4, implementation details, and 5.2: warm up with cross-entropy weighted by the thesis's PU class
+    weights from the *observed* label counts (:func:`trainables.losses.pu_class_weights`: the negative
+    class against all positives as one group, ~0.67 and ~2 at 50%P+U), then switch to ``cfg.loss``, with
+    the same weights when ``cfg.class_weighting``. nnPU balances through its prior instead
+    (:func:`unlabelled_positive_share` when ``cfg.prior`` is None).
+    """
+    weights = pu_class_weights(class_counts(train_data.labels, train_data.num_classes)).to(device)
+    params = {name: getattr(cfg, name) for name in ("q", "beta", "gamma", "prior") if getattr(cfg, name) is not None}
+    if cfg.loss == "nnpu" and cfg.prior is None:
+        params["prior"] = unlabelled_positive_share(train_data)
+    main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
+    return make_loss("ce", class_weights=weights), make_loss(cfg.loss, class_weights=main_weights, **params)
+
+
+def unlabelled_positive_share(data: ClassificationData) -> float:
+    """nnPU's class prior (Kiryo et al. 2017): the share of true positives (``true_labels > 0``) among the
+    unlabelled samples (observed label 0), the default prior of ``loss="nnpu"`` when ``prior`` is unset.
+
+    Raises ValueError when the training split has no unlabelled sample, or its unlabelled samples are all
+    negative or all positive (a prior of 0 or 1 is not a PU problem): set ``prior`` explicitly then.
+    """
+    unlabelled = data.labels == 0
+    share = float(np.mean(data.true_labels[unlabelled] > 0)) if unlabelled.any() else math.nan
+    if not 0.0 < share < 1.0:
+        raise ValueError(
+            f"nnpu's prior (the positive share of the unlabelled set) is {share} on this training split "
+            f"({int(unlabelled.sum())} unlabelled samples); it must be in (0, 1): set prior in the config"
+        )
+    return share
