@@ -6,7 +6,7 @@ a clean subset (``setup="pn"``: that fraction of the positives and of the negati
 score it on the test split with true labels. Data: the synthetic classification view (classes 1-10
 positive), CIFAR-10 positives against CIFAR-100 negatives, or the 2-D moons. Models: the 8-layer CNN
 of thesis Table 4 for images, the 2-layer MLP of Figure 4 for the moons. The loss is ``warmup_epochs``
-of class-weighted cross-entropy (weights from the observed label frequencies), then ``loss``.
+of class-weighted cross-entropy (the thesis's PU weights from the observed label counts), then ``loss``.
 
 Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.report`), exactly the keys
 of ``REPORT_KEYS``:
@@ -25,8 +25,9 @@ of ``REPORT_KEYS``:
 
 Every report carries a checkpoint (model, optimizer, epoch, torch RNG state, config, the reports so
 far); the final one adds ``confusion`` and, on the moons, ``boundary`` (the classifier's P(positive) on a
-grid, for thesis Figure 4). Batch order and augmentation are drawn per ``(seed, epoch)``, so a resumed
-run ends with the metrics of an uninterrupted one on CPU.
+grid, and each training point's loss and its derivative w.r.t. the output, for thesis Figure 4). Batch
+order and augmentation are drawn per ``(seed, epoch)``, so a resumed run ends with the metrics of an
+uninterrupted one on CPU.
 """
 
 from __future__ import annotations
@@ -134,8 +135,9 @@ def run(
         }
         if epoch == cfg.epochs:  # what the driver turns into MLflow artifacts
             checkpoint["confusion"] = torch.as_tensor(scores["confusion"])
-            if not images:
-                checkpoint["boundary"] = decision_boundary(model, train_data, device=device)
+            if not images:  # Figure 4: the map, and marker sizes from the loss of the last epoch
+                checkpoint["boundary"] = {**decision_boundary(model, train_data, device=device),
+                                          **per_sample_loss(model, train_data, loss_fn, device=device)}
         report(dict(history[-1]), checkpoint)
     return dict(history[-1])
 
@@ -214,6 +216,27 @@ def decision_boundary(
         "labels": torch.from_numpy(data.labels.copy()),
         "true_labels": torch.from_numpy(data.true_labels.copy()),
     }
+
+
+def per_sample_loss(
+    model: SplitModel, data: ClassificationData, loss_fn: torch.nn.Module, *, device: str | torch.device
+) -> dict[str, torch.Tensor]:
+    """Each training point's loss under ``loss_fn`` against its observed label, and that loss's derivative
+    w.r.t. the model's output, for thesis Figure 4's marker sizes.
+
+    The output is the positive-vs-negative logit ``z = z_1 - z_0`` of a two-class model (thesis Figure 2's
+    x axis): a two-class softmax loss depends on z alone, so ``dL/dz = (dL/dz_1 - dL/dz_0) / 2``. A point's
+    loss is ``loss_fn`` on that point alone (class weights cancel out). Returns float32 ``loss`` and
+    ``dloss`` ``(N,)`` on the CPU.
+    """
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(data.inputs, dtype=np.float32)).to(device)).float()
+    logits.requires_grad_(True)
+    targets = torch.from_numpy(data.labels).long().to(device)
+    losses = torch.stack([loss_fn(logits[i : i + 1], targets[i : i + 1]) for i in range(len(targets))])
+    (grad,) = torch.autograd.grad(losses.sum(), logits)
+    return {"loss": losses.detach().cpu(), "dloss": ((grad[:, 1] - grad[:, 0]) / 2).cpu()}
 
 
 def make_losses(
