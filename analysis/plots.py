@@ -166,29 +166,66 @@ def boundary_paths(study: Study) -> dict[str, Path]:
     return found
 
 
+FIGURE4_ROWS = ("decision boundary", "normalised loss", "normalised |dloss/dz|")
+FIGURE4_MARKER = 12.0  # marker area (pt^2) of the boundary row
+FIGURE4_MAX_MARKER = 60.0  # marker area of the largest loss / derivative of its class
+
+
+def figure4_marker_sizes(values: np.ndarray, labels: np.ndarray, max_size: float = FIGURE4_MAX_MARKER) -> np.ndarray:
+    """Thesis Figure 4's per-class normalised marker sizes: ``max_size * |v| / max |v|`` over the points
+    of the same observed class (labelled positive, ``labels > 0``, or labelled negative), so the largest
+    loss (or derivative) of each class gets ``max_size``; a class whose values are all 0 gets size 0.
+    ``values`` and ``labels`` are ``(N,)``; returns float ``(N,)``."""
+    magnitude = np.abs(np.asarray(values, dtype=float))
+    positive = np.asarray(labels) > 0
+    sizes = np.zeros_like(magnitude)
+    for members in (positive, ~positive):
+        peak = magnitude[members].max() if members.any() else 0.0
+        if peak > 0:
+            sizes[members] = max_size * magnitude[members] / peak
+    return sizes
+
+
+def _figure4_points(ax, arrays, sizes: np.ndarray | None) -> None:
+    """Red circles labelled positive, blue squares labelled negative (hollow where truly positive)."""
+    points, labels, true_labels = arrays["points"], arrays["labels"], arrays["true_labels"]
+    sizes = np.full(len(labels), FIGURE4_MARKER) if sizes is None else sizes
+    positive = labels > 0
+    hidden = ~positive & (true_labels > 0)
+    negative = ~positive & ~hidden
+    ax.scatter(*points[positive].T, marker="o", s=sizes[positive], color=POSITIVE_COLOUR, edgecolors="k",
+               linewidths=0.3)
+    ax.scatter(*points[negative].T, marker="s", s=sizes[negative], color=NEGATIVE_COLOUR, edgecolors="k",
+               linewidths=0.3)
+    ax.scatter(*points[hidden].T, marker="s", s=sizes[hidden], facecolors="none", edgecolors=NEGATIVE_COLOUR,
+               linewidths=0.8)
+
+
 def figure4(study: Study, path: str | Path | None = None, panel_size: float = 3.5) -> Figure:
-    """Thesis Figure 4: the moons classifier's P(positive) (red high, blue low, white at the decision
-    boundary) per condition (loss), with the training points: red circles labelled positive, blue
-    squares labelled negative (hollow where the true label is positive). One panel per condition with
-    a boundary.npz."""
+    """Thesis Figure 4: per condition (loss, one column) the moons classifier's P(positive) (red high,
+    blue low, white at the decision boundary) with the training points, red circles labelled positive
+    and blue squares labelled negative (hollow where the true label is positive). Row 1: the decision
+    boundary; row 2: marker size = the point's loss, normalised per class; row 3: marker size = the
+    loss's derivative w.r.t. the output, normalised per class (:func:`figure4_marker_sizes`). Rows 2-3
+    need ``loss`` and ``dloss`` in boundary.npz; without them only row 1 is drawn."""
     paths = boundary_paths(study)
     if not paths:
         raise ValueError(f"no finished trial of study {study.name!r} has artifacts/<trial_id>/boundary.npz")
-    fig = Figure(figsize=(panel_size * len(paths), panel_size))
-    axes = np.atleast_1d(fig.subplots(1, len(paths)))
-    for ax, (condition, npz) in zip(axes, paths.items()):
-        with np.load(npz) as arrays:
+    loaded = {condition: dict(np.load(npz)) for condition, npz in paths.items()}
+    rows = 3 if all({"loss", "dloss"} <= set(arrays) for arrays in loaded.values()) else 1
+    fig = Figure(figsize=(panel_size * len(loaded), panel_size * rows))
+    axes = np.asarray(fig.subplots(rows, len(loaded), squeeze=False))
+    for column, (condition, arrays) in enumerate(loaded.items()):
+        for row in range(rows):
+            ax = axes[row, column]
             ax.pcolormesh(arrays["xx"], arrays["yy"], arrays["prob"], cmap="bwr", vmin=0.0, vmax=1.0,
                           shading="auto")
-            points, labels, true_labels = arrays["points"], arrays["labels"], arrays["true_labels"]
-        positive = labels > 0
-        ax.scatter(*points[positive].T, marker="o", s=12, color=POSITIVE_COLOUR, edgecolors="k", linewidths=0.3)
-        hidden = ~positive & (true_labels > 0)
-        ax.scatter(*points[~positive & ~hidden].T, marker="s", s=12, color=NEGATIVE_COLOUR, edgecolors="k",
-                   linewidths=0.3)
-        ax.scatter(*points[hidden].T, marker="s", s=12, facecolors="none", edgecolors=NEGATIVE_COLOUR,
-                   linewidths=0.8)
-        ax.set(title=str(condition), xticks=[], yticks=[])
+            sizes = None if row == 0 else figure4_marker_sizes(arrays["loss" if row == 1 else "dloss"],
+                                                              arrays["labels"])
+            _figure4_points(ax, arrays, sizes)
+            ax.set(title=str(condition) if row == 0 else "", xticks=[], yticks=[])
+            if column == 0:
+                ax.set_ylabel(FIGURE4_ROWS[row])
     fig.tight_layout()
     return _save(fig, path)
 

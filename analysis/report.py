@@ -98,7 +98,13 @@ def _figure3(study: Study) -> list[Section]:
 
 def _table2(study: Study) -> list[Section]:
     return [Section("table2", "Table 2: PU classification, last epoch (mean and std over seeds)",
-                    tables.table2(study))]
+                    tables.table2(study), notes=tuple(_collapse_notes(study)))]
+
+
+def _collapse_notes(study: Study) -> list[str]:
+    """A PU study's collapsed trials (predictions covering fewer than half of the classes), never hidden."""
+    lines = tables.collapse_lines(study)
+    return [f"COLLAPSED: {line}" for line in lines]
 
 
 def _figure4(study: Study) -> list[Section]:
@@ -107,7 +113,7 @@ def _figure4(study: Study) -> list[Section]:
 
 def _figure5(study: Study) -> list[Section]:
     return [Section("figure5", "Figure 5: mean F1 against the labelled fraction, PU and PN",
-                    tables.figure5_frame(study), figure=plots.figure5(study))]
+                    tables.figure5_frame(study), figure=plots.figure5(study), notes=tuple(_collapse_notes(study)))]
 
 
 def _table3(study: Study) -> list[Section]:
@@ -204,6 +210,9 @@ def summary_text(study: Study | str | Path) -> str:
     frame = builder(study)
     shown = tables.table1_wide(frame) if key == "table1" else frame
     lines += [title, tables.render_frame(shown, "md") if len(shown) else "(no rows)"]
+    if key in ("table2", "figure5"):
+        lines += ["", "collapsed models (predictions cover fewer than half of the classes):"] + (
+            [f"  {line}" for line in tables.collapse_lines(study)] or ["  none"])
     if key in _TOO_FEW_LABELS:
         lines += ["", "cells with too few runs:"] + (
             [f"  {line}" for line in tables.too_few_cells(frame, _TOO_FEW_LABELS[key])] or ["  none"])

@@ -10,8 +10,10 @@ ones.
 from __future__ import annotations
 
 import html
+import json
 import math
 from collections.abc import Iterable, Mapping, Sequence
+from pathlib import Path
 
 import numpy as np
 import pandas as pd
@@ -288,8 +290,73 @@ def pu_trials(study: Study) -> pd.DataFrame:
         columns={metric: name for name, metric in TABLE2_METRICS.items()})
     frame = trials[["trial_id", "condition", "seed", *required]].merge(values, left_on="trial_id", right_index=True)
     frame["annotation"] = [pu_annotation(s, f) for s, f in zip(frame["setup"], frame["labelled_fraction"])]
-    frame["loss_name"] = frame["loss"].map(lambda loss: PU_LOSS_NAMES.get(loss, loss))
+    # A preset's "annotation/loss" condition names its loss column (table2's reweighted sigmoidal ablation
+    # shares loss and annotation with the plain sigmoidal row); other conditions get the loss's name.
+    named = frame["condition"].astype(str).str.partition("/")[2]
+    frame["loss_name"] = named.where(named != "", frame["loss"].map(lambda loss: PU_LOSS_NAMES.get(loss, loss)))
     return frame.reset_index(drop=True)
+
+
+def read_confusion(study: Study, trial_id: str) -> np.ndarray | None:
+    """The final test confusion matrix ``(C, C)`` (rows truth, columns prediction) of a trial, from
+    ``artifacts/<trial_id>/confusion.json``; None when the study has no folder or the trial no file."""
+    if study.folder is None:
+        return None
+    path = Path(study.folder) / "artifacts" / str(trial_id) / "confusion.json"
+    if not path.is_file():
+        return None
+    return np.asarray(json.loads(path.read_text())["matrix"], dtype=np.int64)
+
+
+def collapse_of(confusion: np.ndarray) -> dict[str, object]:
+    """Whether a classifier collapsed, from its confusion matrix (rows truth, columns prediction): its
+    predictions cover fewer than half of the classes (a single class included).
+
+    Returns ``n_predicted`` (classes predicted at least once), ``collapsed`` (bool) and ``collapsed_to``:
+    the classes it predicts, most predicted first, ``"0 (negative)"`` for class 0, e.g. ``"0 (negative)"``
+    or ``"3, 0 (negative)"`` ("" when not collapsed).
+    """
+    confusion = np.asarray(confusion)
+    if confusion.ndim != 2 or confusion.shape[0] != confusion.shape[1] or confusion.shape[0] < 2:
+        raise ValueError(f"confusion must be a square (C, C) matrix with C >= 2, got shape {confusion.shape}")
+    predicted = confusion.sum(axis=0)
+    n_predicted = int((predicted > 0).sum())
+    collapsed = n_predicted <= 1 or n_predicted < confusion.shape[0] / 2
+    order = [int(c) for c in np.argsort(-predicted, kind="stable") if predicted[c] > 0]
+    names = ", ".join("0 (negative)" if c == 0 else str(c) for c in order)
+    return {"n_predicted": n_predicted, "collapsed": bool(collapsed), "collapsed_to": names if collapsed else ""}
+
+
+def collapsed_trials(study: Study) -> pd.DataFrame:
+    """Per finished PU trial with a confusion.json: condition, seed and :func:`collapse_of`'s columns.
+
+    Columns: trial_id, condition, seed, n_predicted, collapsed, collapsed_to.
+    """
+    rows = []
+    for _, trial in finished_trials(study).iterrows():
+        confusion = read_confusion(study, trial["trial_id"])
+        if confusion is not None:
+            rows.append({"trial_id": trial["trial_id"], "condition": trial["condition"], "seed": trial["seed"],
+                         **collapse_of(confusion)})
+    columns = ["trial_id", "condition", "seed", "n_predicted", "collapsed", "collapsed_to"]
+    return pd.DataFrame(rows, columns=columns)
+
+
+def collapse_lines(study: Study) -> list[str]:
+    """One line per collapsed trial, e.g. ``"50%P+U/CrossEntropyU. seed 1: collapsed to 0 (negative)
+    (1 of 11 classes predicted)"``."""
+    frame = collapsed_trials(study)
+    classes = {t: read_confusion(study, t).shape[0] for t in frame.loc[frame["collapsed"], "trial_id"]}
+    return [f"{row.condition} seed {row.seed}: collapsed to {row.collapsed_to} ({row.n_predicted} of "
+            f"{classes[row.trial_id]} classes predicted)" for row in frame[frame["collapsed"]].itertuples()]
+
+
+def _collapse_column(frame: pd.DataFrame, study: Study) -> pd.DataFrame:
+    """Add ``collapsed`` to a per-trial frame: ``"seed 1 -> 0 (negative)"`` when that trial collapsed."""
+    flags = collapsed_trials(study).set_index("trial_id")
+    text = [f"seed {seed} -> {flags.at[t, 'collapsed_to']}" if t in flags.index and flags.at[t, "collapsed"] else ""
+            for t, seed in zip(frame["trial_id"], frame["seed"])]
+    return frame.assign(collapsed=text)
 
 
 def _annotation_key(setup: str, labelled_fraction: float) -> tuple:
@@ -321,13 +388,18 @@ def table2(study: Study) -> pd.DataFrame:
     """Thesis Table 2: accuracy, mean precision, mean recall and mean F1 (last epoch of each finished
     trial, mean over seeds, std in ``<metric>_std``) per annotation and loss, in the thesis's order.
 
-    Columns: annotation, loss, acc, acc_std, mean_precision, ..., mean_f1_std, n_runs, n_seeds, too_few.
+    Columns: annotation, loss, acc, acc_std, mean_precision, ..., mean_f1_std, n_runs, n_seeds, too_few,
+    collapsed (per collapsed seed ``"seed S -> classes it predicts"``, see :func:`collapse_of`; "" if none).
     """
     frame = pu_trials(study)
     frame["order"] = [(_annotation_key(s, f), _loss_key(loss))
                       for s, f, loss in zip(frame["setup"], frame["labelled_fraction"], frame["loss"])]
-    frame = frame.sort_values("order", kind="stable")
+    frame = _collapse_column(frame.sort_values("order", kind="stable"), study)
     table = _aggregate(frame, ["annotation", "loss_name"], list(TABLE2_METRICS))
+    # A collapsed model's mean scores look plausible (precision 0.5 of an all-negative model): say so.
+    collapsed = frame.groupby(["annotation", "loss_name"], sort=False)["collapsed"].agg(
+        lambda texts: "; ".join(text for text in texts if text))
+    table["collapsed"] = [collapsed[(a, l)] for a, l in zip(table["annotation"], table["loss_name"])]
     return table.rename(columns={"loss_name": "loss"})
 
 

@@ -77,6 +77,7 @@ class Preset:
     mode: str = "max"
     time_attr: str = "finetune/epoch"  # the schedulers' clock (never a pre-training report)
     cpus_per_trial: float = 1.0
+    recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # data kind -> fixed values
 
     def __post_init__(self) -> None:
         if self.trainable not in TRAINABLE_CONFIGS:
@@ -105,6 +106,7 @@ class Preset:
         values: dict[str, Any] = {}
         if self.trainable == "pretrain_finetune":
             values.update(SEGMENTATION_DEFAULTS[kind])
+        values.update(self.recipes.get(kind, {}))
         values.update(self.base)
         values["data"] = data
         if smoke:

@@ -85,7 +85,7 @@ def test_moons_run_objective_and_boundary():
     run(cfg, reporter)
     check_reports(reporter.metrics, cfg)
     boundary = reporter.states[-1]["boundary"]
-    assert set(boundary) == {"xx", "yy", "prob", "points", "labels", "true_labels"}
+    assert set(boundary) == {"xx", "yy", "prob", "points", "labels", "true_labels", "loss", "dloss"}
     assert boundary["xx"].shape == boundary["yy"].shape == boundary["prob"].shape == (200, 200)
     assert ((boundary["prob"] >= 0) & (boundary["prob"] <= 1)).all()
     points = boundary["points"]

@@ -132,8 +132,9 @@ def parse_data(data: str) -> tuple[str, str]:
     return kind, root
 
 
-def _check_loss(cls: str, loss: str, params: Mapping[str, float | None]) -> None:
-    """A loss parameter is set exactly when its loss uses it, and lies in its range (trainables.loss_table)."""
+def _check_loss(cls: str, loss: str, params: Mapping[str, float | None], derived: tuple[str, ...] = ()) -> None:
+    """A loss parameter is set exactly when its loss uses it, and lies in its range (trainables.loss_table);
+    one named in ``derived`` may be left None (the trainable derives it from the data)."""
     wanted = LOSSES[loss]
     for name, value in params.items():
         if (wanted is None or name != wanted.name) and value is not None:
@@ -144,6 +145,8 @@ def _check_loss(cls: str, loss: str, params: Mapping[str, float | None]) -> None
             )
     if wanted is not None:
         value = params[wanted.name]
+        if value is None and wanted.name in derived:
+            return
         if value is None:
             raise ValueError(f"{cls}: loss {loss!r} needs {wanted.name} ({wanted.inequality})")
         if not wanted.contains(value):
@@ -353,7 +356,8 @@ class PUClassificationConfig:
     q: float | None = spec((float, type(None)), default=None)
     beta: float | None = spec((float, type(None)), default=None)
     gamma: float | None = spec((float, type(None)), default=None)
-    prior: float | None = spec((float, type(None)), default=None)
+    prior: float | None = spec((float, type(None)), default=None,
+                               doc="nnpu: class prior; None = the positive share of the unlabelled set")
     warmup_epochs: int = spec(int, lo=0, default=0, doc="epochs of class-weighted CE before `loss`")
     class_weighting: bool = spec(bool, default=False, doc="weight classes by observed label frequency")
     epochs: int = spec(int, lo=1, default=20)
@@ -377,7 +381,9 @@ class PUClassificationConfig:
                 f"{cls}: data must be 'synthetic', 'moons' or 'cifar:PATH' for PU classification, got {self.data!r}"
             )
         _fill_synthetic_sizes(self, STUDY_SIZES["classification"])
-        _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
+        # nnpu without a prior: the positive share of the unlabelled set (pu_classification).
+        _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior},
+                    derived=("prior",))
         if self.warmup_epochs > self.epochs:
             raise ValueError(f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs={self.epochs}")
         if self.setup == "pn" and self.loss != "ce":

@@ -243,3 +243,25 @@ def make_loss(name: str, class_weights: ClassWeights = None, **params: float) ->
     if missing:
         raise ValueError(f"loss {name!r} needs parameters {missing}")
     return _LOSSES[name](class_weights=class_weights, **params)
+
+
+def pu_class_weights(counts: Sequence[int] | np.ndarray) -> torch.Tensor:
+    """The thesis's PU class weights (section 5.2), a float32 tensor ``(C,)``: the negative class against
+    all positive classes as one group, ``w_0 = N / (2 N_0)`` and ``w_k = N / (2 (N - N_0))`` for every
+    positive class ``k = 1..C-1``, where ``counts`` are the observed label counts per class (length C >= 2),
+    ``N`` their sum and ``N_0 = counts[0]``. 50%P+U on CIFAR (25,000 labelled positives, 75,000 labelled
+    0) gives 0.67 and 2, the thesis's "around 0.67 for the negative class and 2 for positive classes".
+    A side with no observed label (``N_0 = 0`` or ``N = N_0``) gets weight 0.
+    """
+    counts = np.asarray(counts, dtype=np.float64)
+    if counts.ndim != 1 or len(counts) < 2:
+        raise ValueError(f"counts must be a 1-D length-C array with C >= 2 (negative + positives), got shape "
+                         f"{counts.shape}")
+    if not np.isfinite(counts).all() or (counts < 0).any():
+        raise ValueError(f"counts must be finite and >= 0, got {counts.tolist()}")
+    total, negatives = counts.sum(), counts[0]
+    positives = total - negatives
+    weights = np.empty_like(counts)
+    weights[0] = total / (2.0 * negatives) if negatives > 0 else 0.0
+    weights[1:] = total / (2.0 * positives) if positives > 0 else 0.0
+    return torch.as_tensor(weights, dtype=torch.float32)

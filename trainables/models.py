@@ -291,13 +291,27 @@ def small_fcn(num_classes: int, width: int = 32, generator: torch.Generator | No
 # ----------------------------------------------------------------------------------------- classifiers
 
 
-def cifar_cnn(num_classes: int = 11, generator: torch.Generator | None = None) -> SplitModel:
+# Scale of cifar_cnn's head weights relative to Xavier. He-initialised g does not keep its activations
+# at unit scale: each 2x2 max pool keeps the largest of 4 values (mean and rms grow ~1.5x per block) and
+# training-mode dropout rescales the survivors by 1/(1-p), so g's 512 outputs have an rms of ~3.3 on
+# normalised images and a Xavier head turned them into logits of std ~6: a step-0 loss of 5.6-10 where a
+# uniform prediction costs ln 11 = 2.40, and the first Adam steps spent shrinking the logits. At 0.05
+# the initial logits have std ~0.3, so the step-0 loss is ln C + ~0.05 (tests/test_models.py) while g
+# still gets a gradient through h from the first step (a zero head would block it for one step).
+CIFAR_HEAD_SCALE = 0.05
+
+
+def cifar_cnn(num_classes: int = 11, generator: torch.Generator | None = None,
+              head_scale: float = CIFAR_HEAD_SCALE) -> SplitModel:
     """The 8-layer CNN of thesis Table 4 for 32x32 inputs (1,341,739 parameters with 11 classes).
 
     g = three blocks of two 3x3 convolutions (32, 64, 128 channels, LeakyReLU(0.2)), 2x2 max pool and
     dropout 0.2, then flatten, a 512-d fully connected layer, ReLU and dropout 0.5; h = the final fully
-    connected layer (softmax lives in the loss).
+    connected layer (softmax lives in the loss). g is He-initialised, h's Xavier weights are multiplied
+    by ``head_scale`` (see ``CIFAR_HEAD_SCALE``: the initial prediction is close to uniform).
     """
+    if isinstance(head_scale, bool) or not isinstance(head_scale, (int, float)) or not 0 <= head_scale <= 1:
+        raise ValueError(f"head_scale must be a number in [0, 1], got {head_scale!r}")
     _check_classes(num_classes)
     layers: list[nn.Module] = []
     channels_in = 3
@@ -312,8 +326,10 @@ def cifar_cnn(num_classes: int = 11, generator: torch.Generator | None = None) -
         ]
         channels_in = channels
     layers += [nn.Flatten(), nn.Linear(128 * 4 * 4, 512), nn.ReLU(), nn.Dropout(0.5)]
-    model = SplitModel(nn.Sequential(*layers), nn.Linear(512, num_classes), dense=False)
-    return _init_weights(model, generator)
+    model = _init_weights(SplitModel(nn.Sequential(*layers), nn.Linear(512, num_classes), dense=False), generator)
+    with torch.no_grad():
+        model.head.weight.mul_(head_scale)
+    return model
 
 
 def moons_mlp(num_classes: int = 2, generator: torch.Generator | None = None) -> SplitModel:

@@ -6,7 +6,7 @@ a clean subset (``setup="pn"``: that fraction of the positives and of the negati
 score it on the test split with true labels. Data: the synthetic classification view (classes 1-10
 positive), CIFAR-10 positives against CIFAR-100 negatives, or the 2-D moons. Models: the 8-layer CNN
 of thesis Table 4 for images, the 2-layer MLP of Figure 4 for the moons. The loss is ``warmup_epochs``
-of class-weighted cross-entropy (weights from the observed label frequencies), then ``loss``.
+of class-weighted cross-entropy (the thesis's PU weights from the observed label counts), then ``loss``.
 
 Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.report`), exactly the keys
 of ``REPORT_KEYS``:
@@ -24,15 +24,15 @@ of ``REPORT_KEYS``:
 =========================  ======================================================================
 
 Every report carries a checkpoint (a :class:`trainables.checkpoint.Checkpoint`: model, optimizer,
-epoch, torch RNG state, config, the reports so far); the final one adds ``confusion`` and, on the moons, ``boundary`` (the classifier's P(positive) on a
-grid, for thesis Figure 4). Batch order and augmentation are drawn per ``(seed, epoch)``, so a resumed
-run ends with the metrics of an uninterrupted one on CPU.
+epoch, torch RNG state, config, the reports so far); the final one adds ``confusion`` and, on the moons,
+``boundary`` (the classifier's P(positive) on a grid, and each training point's loss and its derivative
+w.r.t. the output, for thesis Figure 4). Batch order and augmentation are drawn per ``(seed, epoch)``, so
+a resumed run ends with the metrics of an uninterrupted one on CPU.
 """
 
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -45,7 +45,7 @@ from trainables.data.loading import ClassificationDataset, class_counts, make_lo
 from trainables.data.moons import grid, make_moons
 from trainables.engine import evaluate_classification, train_one_epoch
 from trainables.epochs import EpochResult, EpochTrainer, Evaluation, every, run_epochs, warmup_then
-from trainables.losses import frequency_class_weights, make_loss
+from trainables.losses import make_loss, pu_class_weights
 from trainables.models import SplitModel, build_model
 from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, place_model,
                                select_device, stream_seed, tune_reporter)
@@ -100,7 +100,8 @@ def run(
     test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
     # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
     # train_one_epoch is this module's name for it, so a test that patches it counts the epochs.
-    trainer = EpochTrainer(model, optimizer, None, loader, _losses(cfg, train_data, device), device,
+    loss_for = warmup_then(*make_losses(cfg, train_data, device), cfg.warmup_epochs)
+    trainer = EpochTrainer(model, optimizer, None, loader, loss_for, device,
                            autocast_dtype(device) if images else None, fit=train_one_epoch)
     evaluations = [Evaluation("test", every(1, cfg.epochs),
                               lambda: evaluate_classification(model, test, train_data.num_classes, device=device))]
@@ -116,8 +117,9 @@ def run(
                                 **training_state(model, optimizer, snapshot=True))
         if result.last:  # what the driver turns into MLflow artifacts
             checkpoint.confusion = torch.as_tensor(scores["confusion"])
-            if not images:
-                checkpoint.boundary = decision_boundary(model, train_data, device=device)
+            if not images:  # Figure 4: the map, and marker sizes from the loss of the last epoch
+                checkpoint.boundary = {**decision_boundary(model, train_data, device=device),
+                                       **per_sample_loss(model, train_data, loss_for(result.epoch), device=device)}
         return dict(history[-1]), checkpoint.to_dict()
 
     run_epochs(trainer, evaluations, record, report, done=len(history), epochs=cfg.epochs)
@@ -147,18 +149,6 @@ def _build(cfg: PUClassificationConfig, num_classes: int, images: bool,
     return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
 
 
-def _losses(cfg: PUClassificationConfig, train_data: ClassificationData,
-            device: torch.device) -> Callable[[int], torch.nn.Module]:
-    """The loss of each epoch. Thesis 4, implementation details: warm up with class-weighted CE
-    (weights from the *observed* label frequencies, which the U set skews towards class 0), then switch
-    to the configured loss. nnPU balances through its prior instead."""
-    weights = frequency_class_weights(class_counts(train_data.labels, train_data.num_classes)).to(device)
-    warmup_loss = make_loss("ce", class_weights=weights)
-    main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
-    main_loss = make_loss(cfg.loss, class_weights=main_weights, **_loss_params(cfg))
-    return warmup_then(warmup_loss, main_loss, cfg.warmup_epochs)
-
-
 def objective(history: list[dict[str, Any]], last_k: int) -> float:
     """The mean of the last ``last_k`` test mean F1s of ``history`` (NaN when it is empty)."""
     values = [entry["test/mean_f1"] for entry in history[-last_k:]]
@@ -170,12 +160,12 @@ def load_pu_data(cfg: PUClassificationConfig, split: str) -> ClassificationData:
     kind, root = parse_data(cfg.data)
     pn = cfg.setup == "pn"
     if kind == "synthetic":
-        from trainables.data.synthetic import SyntheticConfig, load_synthetic_classification
+        from trainables.data.synthetic import PU_VIEW, SyntheticConfig, load_synthetic_classification
 
-        synthetic = SyntheticConfig(image_size=32)
+        synthetic = SyntheticConfig(**PU_VIEW)
         if cfg.images_per_class:  # keep val/test no larger than train in small (smoke) configurations
             synthetic = SyntheticConfig(
-                image_size=32, images_per_class=cfg.images_per_class,
+                **PU_VIEW, images_per_class=cfg.images_per_class,
                 val_per_class=min(synthetic.val_per_class, cfg.images_per_class),
                 test_per_class=min(synthetic.test_per_class, cfg.images_per_class),
             )
@@ -236,5 +226,58 @@ def decision_boundary(
     }
 
 
-def _loss_params(cfg: PUClassificationConfig) -> dict[str, float]:
-    return {name: getattr(cfg, name) for name in ("q", "beta", "gamma", "prior") if getattr(cfg, name) is not None}
+def per_sample_loss(
+    model: SplitModel, data: ClassificationData, loss_fn: torch.nn.Module, *, device: str | torch.device
+) -> dict[str, torch.Tensor]:
+    """Each training point's loss under ``loss_fn`` against its observed label, and that loss's derivative
+    w.r.t. the model's output, for thesis Figure 4's marker sizes.
+
+    The output is the positive-vs-negative logit ``z = z_1 - z_0`` of a two-class model (thesis Figure 2's
+    x axis): a two-class softmax loss depends on z alone, so ``dL/dz = (dL/dz_1 - dL/dz_0) / 2``. A point's
+    loss is ``loss_fn`` on that point alone (class weights cancel out). Returns float32 ``loss`` and
+    ``dloss`` ``(N,)`` on the CPU.
+    """
+    model.eval()
+    with torch.no_grad():
+        logits = model(torch.from_numpy(np.asarray(data.inputs, dtype=np.float32)).to(device)).float()
+    logits.requires_grad_(True)
+    targets = torch.from_numpy(data.labels).long().to(device)
+    losses = torch.stack([loss_fn(logits[i : i + 1], targets[i : i + 1]) for i in range(len(targets))])
+    (grad,) = torch.autograd.grad(losses.sum(), logits)
+    return {"loss": losses.detach().cpu(), "dloss": ((grad[:, 1] - grad[:, 0]) / 2).cpu()}
+
+
+def make_losses(
+    cfg: PUClassificationConfig, train_data: ClassificationData, device: str | torch.device
+) -> tuple[torch.nn.Module, torch.nn.Module]:
+    """(warm-up loss, main loss) of a trial.
+
+    Thesis 4, implementation details, and 5.2: warm up with cross-entropy weighted by the thesis's PU class
+    weights from the *observed* label counts (:func:`trainables.losses.pu_class_weights`: the negative
+    class against all positives as one group, ~0.67 and ~2 at 50%P+U), then switch to ``cfg.loss``, with
+    the same weights when ``cfg.class_weighting``. nnPU balances through its prior instead
+    (:func:`unlabelled_positive_share` when ``cfg.prior`` is None).
+    """
+    weights = pu_class_weights(class_counts(train_data.labels, train_data.num_classes)).to(device)
+    params = {name: getattr(cfg, name) for name in ("q", "beta", "gamma", "prior") if getattr(cfg, name) is not None}
+    if cfg.loss == "nnpu" and cfg.prior is None:
+        params["prior"] = unlabelled_positive_share(train_data)
+    main_weights = weights if cfg.class_weighting and cfg.loss != "nnpu" else None
+    return make_loss("ce", class_weights=weights), make_loss(cfg.loss, class_weights=main_weights, **params)
+
+
+def unlabelled_positive_share(data: ClassificationData) -> float:
+    """nnPU's class prior (Kiryo et al. 2017): the share of true positives (``true_labels > 0``) among the
+    unlabelled samples (observed label 0), the default prior of ``loss="nnpu"`` when ``prior`` is unset.
+
+    Raises ValueError when the training split has no unlabelled sample, or its unlabelled samples are all
+    negative or all positive (a prior of 0 or 1 is not a PU problem): set ``prior`` explicitly then.
+    """
+    unlabelled = data.labels == 0
+    share = float(np.mean(data.true_labels[unlabelled] > 0)) if unlabelled.any() else math.nan
+    if not 0.0 < share < 1.0:
+        raise ValueError(
+            f"nnpu's prior (the positive share of the unlabelled set) is {share} on this training split "
+            f"({int(unlabelled.sum())} unlabelled samples); it must be in (0, 1): set prior in the config"
+        )
+    return share
