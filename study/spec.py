@@ -275,6 +275,12 @@ class Secrets:
         values = {environ[name] for name in names if len(environ[name]) >= MIN_SECRET_LENGTH}
         return cls(frozenset(names), tuple(sorted(values, key=len, reverse=True)))
 
+    def __reduce__(self) -> tuple:
+        # Pickled, a Secrets carries no value: Ray pickles RunConfig's callbacks (which hold one) into
+        # tuner.pkl in the study's storage, an S3 bucket on a cluster. The process that unpickles it (a
+        # resumed driver) reads the values from its own environment again.
+        return (Secrets.from_environment, ())
+
     def redact(self, text: str) -> str:
         """``text`` with URI credentials removed (``http://u:p@host`` -> ``http://host``, which still works
         with MLflow's MLFLOW_TRACKING_USERNAME/PASSWORD) and every secret value replaced by ``***``."""

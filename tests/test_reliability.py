@@ -53,6 +53,26 @@ def test_uri_credentials_are_removed_and_the_uri_still_names_its_host(text, expe
     assert Secrets().redact(text) == expected
 
 
+def test_pickled_secrets_and_callbacks_carry_no_secret_value(tmp_path, monkeypatch):
+    """Ray pickles the MLflow callback (and its Secrets) into tuner.pkl: no value may be in those bytes,
+    and the unpickled copy redacts again from the environment of the process that loads it."""
+    import pickle
+
+    from study.tracking import MLflowTrials
+
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", SECRET)
+    secrets = Secrets.from_environment()
+    assert secrets.redact(SECRET) == "***"
+    callback = MLflowTrials("sqlite:///x.db", "1", "parent", tmp_path, secrets)
+    for obj in (secrets, callback):
+        blob = pickle.dumps(obj)
+        assert SECRET.encode() not in blob
+    restored = pickle.loads(pickle.dumps(callback))
+    assert restored.secrets.redact(f"key {SECRET}") == "key ***"  # re-read from this environment
+    monkeypatch.delenv("AWS_SECRET_ACCESS_KEY")
+    assert pickle.loads(pickle.dumps(secrets)).values == ()  # nothing travelled in the pickle
+
+
 def test_public_config_drops_secret_keys_and_redacts_values():
     secrets = Secrets.from_environment({"API_KEY": SECRET})
     public = secrets.public({"API_KEY": "x", "data": f"voc:/data/{SECRET}", "seed": 3})
@@ -149,6 +169,13 @@ def test_a_real_study_writes_no_secret_anywhere(tmp_path, ray_local, monkeypatch
     for path in files:
         text = path.read_bytes().decode("latin1")
         assert not [s for s in forbidden if s in text], path
+    # Every file the study wrote, Ray's experiment state (tuner.pkl) and checkpoints in the storage
+    # included: no secret value in any of their bytes.
+    everything = [p for p in (tmp_path / "results").rglob("*") if p.is_file()]
+    assert any(p.name == "tuner.pkl" for p in everything)
+    for path in everything:
+        data = path.read_bytes()
+        assert SECRET.encode() not in data and SECRET[::-1].encode() not in data, path
     for name in ("trials.parquet", "history.parquet"):
         frame = pd.read_parquet(study_dir / name)
         assert not [s for s in forbidden if frame.astype(str).apply(lambda c: c.str.contains(s)).any().any()]
