@@ -103,7 +103,9 @@ def test_what_learning_rate_table1_runs_is_one_command(tmp_path, capsys):
     _, shared = _parse(_printed(["--preset", "table1", "--data", f"voc:{voc}", "--output", str(tmp_path / "out")],
                                 capsys))
     assert (shared["lr_pretrain"], shared["optimizer"], shared["model"]) == ("0.001", "sgd", "fcn_alexnet")
-    assert (shared["epochs_pretrain"], shared["finetune_train_per_class"]) == ("60", "0")  # VOC: no cap
+    # VOC: the thesis's 20:1 images seen (search_spaces/base.py), and no cap on fine-tuning images
+    assert (shared["epochs_pretrain"], shared["epochs_finetune"], shared["finetune_train_per_class"]) == (
+        "100", "15", "0")
 
 
 def test_imagenet_weights_add_the_imagenet_row(tmp_path, capsys):
