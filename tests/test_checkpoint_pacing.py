@@ -50,6 +50,12 @@ def test_cheap_checkpoints_are_written_every_epoch(fake):
     assert run_epochs(fake(0.0026), 30, 0.45) == [True] * 30
 
 
+def test_writes_below_the_floor_are_always_due_even_against_short_epochs(fake):
+    # 30 ms per write (60 ms with Ray's copy, under ALWAYS_DUE_BELOW_S) against 0.05 s epochs: a share
+    # rule alone would skip most, but one checkpoint per epoch is what a resume relies on for cheap models.
+    assert run_epochs(fake(0.03), 20, 0.05) == [True] * 20
+
+
 def test_costly_checkpoints_stay_within_the_share_and_the_final_one_is_kept(fake):
     ray = fake(0.5)  # 0.5 s per write (1 s with Ray's copy), 2 s epochs: one checkpoint per 20 s at most
     written = run_epochs(ray, 40, 2.0)

@@ -156,9 +156,14 @@ def test_the_autoscaler_launches_gpu_workers_for_pending_trials_packs_two_per_gp
     _print_timeline("autoscaling from zero, two trials per GPU", cluster, results)
 
 
+EPOCHS = 42  # of the preempted trial, both phases
+
+
 @pytest.mark.slow
 def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(cluster, studies, tmp_path):
-    preset = fault_preset("preempted", {"CompleteLabels": {}}, epochs_pretrain=2, epochs_finetune=4)
+    # 42 epochs of ~0.5 s on an idle core: the trial must still be running when its second checkpoint
+    # is seen and the node is lost (with 6, a reused worker finished the whole trial first).
+    preset = fault_preset("preempted", {"CompleteLabels": {}}, epochs_pretrain=2, epochs_finetune=EPOCHS - 2)
     output, shared = tmp_path / "results", tmp_path / "shared"
     argv = preset_argv(preset, output, "--storage", str(shared), "--gpus-per-trial", "1", "--cpus-per-trial", "1")
     study = studies(argv, cluster, tmp_path / "driver.log", shared)
@@ -179,13 +184,13 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
     assert nodes[0] == lost and nodes[-1] != lost, f"the trial resumed on another node: {nodes}{study.tail()}"
     assert cluster.node_gpus().get(nodes[-1]) == 1, "it resumed on a GPU worker, not the head"
     assert {r["pid"] for r in results if r["node_id"] == lost} <= set(killed)
-    # Ray's reports: epochs 1..k on the lost node, each reported with its checkpoint, then k+1..6 on the
+    # Ray's reports: epochs 1..k on the lost node, each reported with its checkpoint, then k+1..EPOCHS on the
     # new node: the restart began at the last checkpoint, and the loss was the epoch in progress only
     epochs = [(r["epoch_total"], r["node_id"][-5:]) for r in results]
     done_there = [r["epoch_total"] for r in results if r["node_id"] == lost]
     resumed = [r["epoch_total"] for r in results if r["node_id"] != lost]
     assert len(done_there) >= 2 and done_there == list(range(1, len(done_there) + 1)), epochs
-    assert resumed == list(range(done_there[-1] + 1, 7)), epochs
+    assert resumed == list(range(done_there[-1] + 1, EPOCHS + 1)), epochs
     trials = pd.read_parquet(output / "preempted" / "trials.parquet")
     assert trials["status"].tolist() == ["TERMINATED"] and trials["trial_id"].tolist() == [trial_id]
     assert_every_epoch_once(output / "preempted", trials, study.tail())

@@ -310,20 +310,23 @@ def assert_stale_lock_of(study_dir: Path, driver: Driver) -> None:
 def test_a_killed_driver_resumes_the_grid_and_runs_no_finished_trial_again(tmp_path, drivers):
     conditions = {"CompleteLabels": {}, "HalfUnsegmented": {"noise_unsegment": 0.5},
                   "RandomWeights": {"init": "random"}}
-    preset = fault_preset("driver-kill", conditions, epochs_pretrain=2, epochs_finetune=3)
+    # 30 epochs per pre-training trial: with worker reuse a 5-epoch trial lasts about a second, too short
+    # for the kill to land while the second trial runs.
+    preset = fault_preset("driver-kill", conditions, epochs_pretrain=2, epochs_finetune=28)
+    last = 29  # checkpoint index of a finished pre-training trial's last epoch
     output, storage, study = tmp_path / "results", tmp_path / "results" / "ray", "driver-kill"
     argv = preset_argv(preset, output, "--max-concurrent", "1")
     first = drivers(argv, tmp_path / "first.log")
 
-    # The first trial (5 epochs) finished, the second one checkpointed an epoch and trains on.
+    # The first trial (30 epochs) finished, the second one checkpointed an epoch and trains on.
     def one_done_one_running() -> bool:
         progress = sorted(checkpoints(storage, study).values(), reverse=True)
-        return len(progress) >= 2 and progress[0] == 4 and progress[1] >= 0 and bool(trial_actors(first))
+        return len(progress) >= 2 and progress[0] == last and 0 <= progress[1] < last and bool(trial_actors(first))
 
     first.wait_for(one_done_one_running, "finished trial followed by a running one")
     kill_driver(first)
     first_pids = set(first.seen)
-    finished_before = {name for name, index in checkpoints(storage, study).items() if index == 4}
+    finished_before = {name for name, index in checkpoints(storage, study).items() if index == last}
     assert_stale_lock_of(output / study, first)
     assert len(checkpoints(storage, study)) < len(conditions), f"the study ended before the kill{first.tail()}"
 

@@ -46,6 +46,10 @@ def load_state(directory: str | os.PathLike) -> dict[str, Any]:
 CHECKPOINT_SHARE = 0.05  # checkpoints may take at most this share of a trial's wall time
 COPIES = 2  # a checkpoint is written once here and copied once by Ray into the study's storage
 FINAL_KEY = "confusion"  # the last report's state carries it (the driver's MLflow artifacts): always saved
+# A checkpoint whose write (with Ray's copy) costs less than this is always due: such a write is cheap in
+# absolute terms, and "one checkpoint per epoch" then holds whatever the machine's load does to the
+# measured cost (a tiny model's 3 ms write can take 50 ms on a loaded core).
+ALWAYS_DUE_BELOW_S = 0.1
 
 
 class CheckpointPacer:
@@ -53,7 +57,8 @@ class CheckpointPacer:
     time. Each checkpoint is due once the time since the previous one ended is at least that one's write
     time / CHECKPOINT_SHARE. Small models (ms per write) thus keep one per epoch; an FCN-AlexNet on a GPU
     (~460 MB, seconds per write, sub-second epochs) gets one every few epochs. The first and the final
-    (``FINAL_KEY``) state are always written."""
+    (``FINAL_KEY``) state are always written, and so is every state while writes cost less than
+    ``ALWAYS_DUE_BELOW_S``."""
 
     def __init__(self, clock: Callable[[], float] = time.monotonic) -> None:
         self.clock = clock
@@ -65,7 +70,7 @@ class CheckpointPacer:
         self.last_cost = 0.0
 
     def due(self, state: dict[str, Any]) -> bool:
-        if self.last_end is None or FINAL_KEY in state:
+        if self.last_end is None or FINAL_KEY in state or self.last_cost < ALWAYS_DUE_BELOW_S:
             return True
         return self.clock() - self.last_end >= self.last_cost / CHECKPOINT_SHARE
 
