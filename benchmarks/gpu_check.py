@@ -163,7 +163,7 @@ def section_alexnet(device: torch.device, sizes: dict) -> None:
     ratio = write_s / epoch_s
     print(f"checkpoint: {size_mb:.0f} MB written in {write_s:.2f} s; a VOC epoch ({VOC_EPOCH_IMAGES} images) at "
           f"this rate: {epoch_s:.1f} s")
-    print(f"ratio checkpoint/epoch {ratio:.3f} (limit {CHECKPOINT_LIMIT}: "
+    print(f"ratio checkpoint/epoch {ratio:.3g} (limit {CHECKPOINT_LIMIT}: "
           f"{'within' if ratio <= CHECKPOINT_LIMIT else 'OVER'})")
 
 

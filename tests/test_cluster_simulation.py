@@ -182,7 +182,10 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
     ((trial_id, results),) = reports(shared, "preempted").items()
     nodes = [r["node_id"] for r in results]
     assert nodes[0] == lost and nodes[-1] != lost, f"the trial resumed on another node: {nodes}{study.tail()}"
-    assert cluster.node_gpus().get(nodes[-1]) == 1, "it resumed on a GPU worker, not the head"
+    # Not the head (the node that reported no GPU). The node watcher may not see the new worker: it is
+    # a driver on one of the simulated raylets and can stop seeing nodes when that raylet is the one lost.
+    heads = [node for node, gpus in cluster.node_gpus().items() if gpus == 0]
+    assert heads and nodes[-1] not in heads, f"it resumed on a GPU worker, not the head {heads}"
     assert {r["pid"] for r in results if r["node_id"] == lost} <= set(killed)
     # Ray's reports: epochs 1..k on the lost node, each reported with its checkpoint, then k+1..EPOCHS on the
     # new node: the restart began at the last checkpoint, and the loss was the epoch in progress only
