@@ -242,8 +242,16 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint_and_loses_or_doubl
     ((trial_id, results),) = reports(storage, study).items()
     pids = [r["pid"] for r in results]
     assert killed_pid in pids and pids[-1] != killed_pid, f"no retry in a new worker: pids {pids}{log}"
-    assert [r["epoch_total"] for r in results] == list(range(1, 29)), (
-        f"Ray's reports of the retried trial (epoch, pid): {[(r['epoch_total'], r['pid']) for r in results]}{log}")
+    # Ray's reports: epochs 1..k from the killed worker, then j..28 from the new one, restored from the
+    # epoch-k checkpoint (j = k + 1) or, when the kill raced the controller registering that checkpoint,
+    # from the one before (j = k: that one epoch is trained twice). No epoch is lost; MLflow and parquet
+    # still hold each epoch once (below).
+    shown = [(r["epoch_total"], r["pid"]) for r in results]
+    before = [r["epoch_total"] for r in results if r["pid"] == killed_pid]
+    after = [r["epoch_total"] for r in results if r["pid"] != killed_pid]
+    assert before == list(range(1, len(before) + 1)) and after, f"Ray's reports (epoch, pid): {shown}{log}"
+    assert after == list(range(after[0], 29)) and after[0] in (len(before), len(before) + 1), (
+        f"Ray's reports of the retried trial (epoch, pid): {shown}{log}")
 
     trials = pd.read_parquet(output / study / "trials.parquet")
     assert trials["trial_id"].tolist() == [trial_id], f"the trial once: {trials['trial_id'].tolist()}{log}"
