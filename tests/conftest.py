@@ -46,7 +46,16 @@ def ray_local() -> Iterator[None]:
     import ray
 
     pythonpath = os.pathsep.join(p for p in (str(REPO_ROOT), os.environ.get("PYTHONPATH", "")) if p)
-    ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+    # Up to 3 starts: on a loaded machine Ray's raylet can miss its fixed registration deadline, and this
+    # session fixture failing once would fail every test that uses it.
+    for attempt in range(3):
+        try:
+            ray.init(num_cpus=2, include_dashboard=False, runtime_env={"env_vars": {"PYTHONPATH": pythonpath}})
+            break
+        except Exception:  # noqa: BLE001 (Ray raises several types for a failed start)
+            ray.shutdown()
+            if attempt == 2:
+                raise
     try:
         yield
     finally:
