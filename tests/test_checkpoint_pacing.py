@@ -74,3 +74,13 @@ def test_begin_trial_resets_the_pacer_for_the_next_trial_on_a_reused_worker(fake
     assert ray.checkpointed == [True]  # a new trial's first state is always written
     runtime.tune_reporter({"epoch": 2}, None)  # no state: nothing to write
     assert ray.checkpointed == [True, False]
+
+
+def test_reporting_outside_ray_starts_no_ray(fake):
+    # tune_reporter adds the node id only inside a running Ray: asking Ray for it here would start a
+    # local Ray in this process, and every later ray.init (conftest's ray_local) would then fail.
+    import ray
+
+    assert not ray.is_initialized()
+    run_epochs(fake(0.0026), 2, 0.45)
+    assert not ray.is_initialized()

@@ -89,8 +89,10 @@ def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None
     import ray
     from ray import tune
 
-    # which node ran each epoch: a retried trial's reports show where it resumed
-    metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
+    # which node ran each epoch: a retried trial's reports show where it resumed. Only inside a running
+    # Ray: asking for the runtime context would otherwise start a Ray in the caller's process.
+    if ray.is_initialized():
+        metrics = {**metrics, "node_id": ray.get_runtime_context().get_node_id()}
     if state is None or not CHECKPOINT_PACER.due(state):
         tune.report(metrics)
         return
