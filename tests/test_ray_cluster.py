@@ -1,7 +1,7 @@
 """A real local two-node Ray cluster with token authentication, driven like the study driver is.
 
 Drivers are subprocesses that connect with a plain ``ray.init()`` (address from RAY_ADDRESS), the way
-``study/run.py`` reaches a cluster; the nodes come from ``tests/ray_cluster.py``. The module's cluster
+``study/run.py`` reaches a cluster; the nodes come from ``tests/helpers/ray_cluster.py``. The module's cluster
 fixture also checks, from outside, that teardown left no process and no temp dir behind.
 """
 
