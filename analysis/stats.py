@@ -26,7 +26,7 @@ REFERENCES: dict[str, str] = {
     "FalseSegmentedHalf": "NoFalseSegmented",
 }
 CONFIDENCE = 0.95
-SEARCH_NOISE_PARAMS = ("noise_unsegment", "noise_misclassify")
+SEARCH_NOISE_PARAMS = ("noise_unsegment", "noise_misclassify")  # the scientific axes, with the loss
 SEARCH_NUISANCE_PARAMS = ("q", "beta", "gamma", "prior", "warmup_epochs", "lr_pretrain")
 SEARCH_BINS = 5
 
@@ -83,53 +83,87 @@ def paired_differences(study: Study, references: Mapping[str, str] = REFERENCES,
 
 @dataclass(frozen=True, eq=False)
 class SearchSummary:
-    """The search preset's results.
+    """The search preset's results: settings chosen by validation, reported on test (thesis 4 and 5.1).
 
-    by_noise: objective per noise parameter, binned rate and loss (columns noise, bin, rate (bin
-    centre), loss, mean, std, n_trials, too_few); bins are [low, high) and the last
-    one includes 1. best: the best finished trial per noise parameter
-    and bin, with its loss and nuisance settings. importances: Optuna's parameter importances (param,
-    importance), empty when unavailable. notes: why something is missing.
+    trials: every finished trial that ran to its last fine-tuning epoch, best validation objective
+    first: trial_id, its scientific and nuisance settings, ``val_objective`` (the ``objective`` it was
+    chosen by: mean of its last 5 fine-tuning validation mean IUs) and ``test_score`` (the mean of its
+    last 5 fine-tuning test mean IUs, what Table 1 pools).
+    by_noise: per noise parameter, binned rate and loss (columns noise, bin, rate (bin centre), loss,
+    val_mean, mean, std, n_trials, too_few): ``mean`` and ``std`` are of ``test_score``; bins are
+    [low, high) and the last one includes 1.
+    best: per noise parameter, bin and loss, the trial with the best validation objective, with its
+    settings, ``val_objective`` and ``test_score``.
+    importances: Optuna's parameter importances (param, importance), empty when unavailable.
+    notes: what was left out and why.
     """
 
+    trials: pd.DataFrame
     by_noise: pd.DataFrame
     best: pd.DataFrame
     importances: pd.DataFrame
     notes: tuple[str, ...] = field(default=())
 
 
+SEARCH_SCORES = ("val_objective", "test_score")
+
+
+def search_trials(study: Study) -> tuple[pd.DataFrame, int]:
+    """(trials, stopped): the finished trials that ran every fine-tuning epoch, with ``val_objective``
+    and ``test_score`` columns, best validation objective first; and how many finished trials the
+    scheduler stopped early (left out: their scores cover fewer epochs than the others')."""
+    trials = finished_trials(study)
+    last = study.history[study.history["phase"] == "finetune"].groupby("trial_id")["epoch"].max()
+    reached = trials["trial_id"].map(last)
+    complete = reached >= trials["epochs_finetune"] if "epochs_finetune" in trials.columns else reached.notna()
+    # The reported objective (validation), else the same last-5 mean recomputed from the history.
+    val = trial_last_values(study, ["objective"])["objective"]
+    if "finetune/val_mean_iu" in study.history.columns:
+        val = val.fillna(trial_scores(study, "finetune/val_mean_iu").set_index("trial_id")["score"])
+    test = trial_scores(study, TABLE1_METRIC).set_index("trial_id")["score"]
+    kept = trials[complete].assign(val_objective=lambda t: t["trial_id"].map(val),
+                                   test_score=lambda t: t["trial_id"].map(test))
+    kept = kept.dropna(subset=["val_objective"]).sort_values("val_objective", ascending=False, kind="stable")
+    settings = [c for c in ("label_transform", *SEARCH_NOISE_PARAMS, "loss", *SEARCH_NUISANCE_PARAMS) if c in kept]
+    return kept[["trial_id", *settings, *SEARCH_SCORES]].reset_index(drop=True), int((~complete).sum())
+
+
 def search_summary(study: Study, bins: int = SEARCH_BINS) -> SearchSummary:
-    """Summarise a search study: objective against each noise rate per loss (``bins`` equal bins of
-    [0, 1]), the best settings per noise level, and parameter importances from ``optuna.db``."""
+    """Summarise a search study: every complete trial's validation objective and test score, the test
+    score against each noise rate per loss (``bins`` equal bins of [0, 1]), the best settings per noise
+    level and loss (chosen by validation, reported on test), and Optuna's parameter importances."""
     if isinstance(bins, bool) or not isinstance(bins, int) or bins < 1:
         raise ValueError(f"bins must be an integer >= 1, got {bins!r}")
-    trials = finished_trials(study)
-    # The reported objective, else the same last-5 mean recomputed from the history.
-    objective = trial_last_values(study, ["objective"])["objective"].fillna(
-        trial_scores(study).set_index("trial_id")["score"])
-    trials = trials.assign(objective=trials["trial_id"].map(objective)).dropna(subset=["objective"])
+    trials, stopped = search_trials(study)
     edges = np.linspace(0.0, 1.0, bins + 1)
     centres = np.round((edges[:-1] + edges[1:]) / 2, 10)  # 0.1, not 0.1000000001, as a table key
     labels = [f"[{low:.2f}, {high:.2f}{']' if high == 1.0 else ')'}" for low, high in zip(edges[:-1], edges[1:])]
+    settings = [c for c in trials.columns if c not in ("trial_id", *SEARCH_SCORES)]
     by_noise, best = [], []
     for noise in (p for p in SEARCH_NOISE_PARAMS if p in trials.columns):
         index = np.clip(np.searchsorted(edges, trials[noise].to_numpy(dtype=float), side="right") - 1, 0, bins - 1)
         binned = trials.assign(noise=noise, bin=np.asarray(labels)[index], rate=centres[index])
-        grouped = binned.groupby(["noise", "bin", "rate", "loss"])["objective"]
-        frame = grouped.agg(mean="mean", std=lambda v: v.std(ddof=STD_DDOF), n_trials="count").reset_index()
+        grouped = binned.groupby(["noise", "bin", "rate", "loss"])
+        frame = grouped.agg(val_mean=("val_objective", "mean"), mean=("test_score", "mean"),
+                            std=("test_score", lambda v: v.std(ddof=STD_DDOF)),
+                            n_trials=("test_score", "count")).reset_index()
         by_noise.append(frame.assign(too_few=frame["n_trials"] < MIN_SEEDS))
-        winners = binned.loc[binned.groupby("bin")["objective"].idxmax()]
-        settings = [c for c in (*SEARCH_NOISE_PARAMS, "loss", *SEARCH_NUISANCE_PARAMS) if c in winners.columns]
-        best.append(winners[["noise", "bin", "rate", "trial_id", "objective", *settings]])
+        winners = binned.loc[binned.groupby(["bin", "loss"])["val_objective"].idxmax()]  # chosen by validation
+        best.append(winners[["noise", "bin", "rate", "trial_id", *SEARCH_SCORES,
+                             *(c for c in settings if c not in ("loss", noise)), "loss"]])
     notes = [] if len(trials) and by_noise else [
-        f"no finished trials with an objective and a noise rate ({', '.join(SEARCH_NOISE_PARAMS)})"]
+        f"no complete trials with an objective and a noise rate ({', '.join(SEARCH_NOISE_PARAMS)})"]
+    if stopped:
+        notes.append(f"{stopped} trial(s) stopped early by the scheduler are left out of these tables "
+                     "(their scores cover fewer fine-tuning epochs)")
     importances, importance_note = optuna_importances(study)
-    by_noise_columns = ["noise", "bin", "rate", "loss", "mean", "std", "n_trials", "too_few"]
+    by_noise_columns = ["noise", "bin", "rate", "loss", "val_mean", "mean", "std", "n_trials", "too_few"]
     return SearchSummary(
+        trials=trials,
         by_noise=(pd.concat(by_noise, ignore_index=True) if by_noise else pd.DataFrame(columns=by_noise_columns))
         .sort_values(["noise", "rate", "loss"], kind="stable").reset_index(drop=True),
-        best=pd.concat(best, ignore_index=True).sort_values(["noise", "rate"]).reset_index(drop=True) if best
-        else pd.DataFrame(columns=["noise", "bin", "rate", "trial_id", "objective"]),
+        best=pd.concat(best, ignore_index=True).sort_values(["noise", "rate", "loss"]).reset_index(drop=True) if best
+        else pd.DataFrame(columns=["noise", "bin", "rate", "trial_id", *SEARCH_SCORES]),
         importances=importances,
         notes=tuple(notes + ([importance_note] if importance_note else [])),
     )

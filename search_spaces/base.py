@@ -48,6 +48,7 @@ SEGMENTATION_DEFAULTS = {
 # Smoke size: tiny data, one epoch per phase. Runs every preset end to end in seconds; the tests'
 # tiny configs are this size too (tests/conftest.py takes them from smoke_config).
 SEGMENTATION_SMOKE = {"image_size": 32, "images_per_class": 3, "finetune_train_per_class": 2,
+                      "finetune_val_per_class": 1,
                       "epochs_pretrain": 1, "epochs_finetune": 1, "batch_size": 16, "width": 8}
 PU_SMOKE = {"epochs": 1, "images_per_class": 4, "max_per_source": 64, "points_per_class": 40,
             "batch_size": 64}

@@ -73,6 +73,7 @@ FIELD_ERRORS = [
     ("image_size", 1025, r"an int in \[0, 1024\]"),
     ("images_per_class", -1, "an int >= 0"),
     ("finetune_train_per_class", -2, "an int >= 0"),
+    ("finetune_val_per_class", 0, "an int >= 1"),
     ("pretrain_cache", 0, "a str"),
     ("data_cache", 0, "a str"),
     ("num_threads", -1, "an int >= 0"),
@@ -155,10 +156,12 @@ def test_inconsistent_combinations_are_refused(values, message):
     ("values", "message"),
     [
         ({"image_size": 8}, r"image_size must be an integer in \[16, 1024\], got 8 \(synthetic data"),
-        ({"images_per_class": 3}, r"finetune_train_per_class=10 exceeds images_per_class=3"),
-        ({"images_per_class": 3, "finetune_train_per_class": 4},
-         r"finetune_train_per_class=4 exceeds images_per_class=3"),
-        ({"finetune_train_per_class": 61}, r"finetune_train_per_class=61 exceeds images_per_class=60"),
+        ({"images_per_class": 3}, r"finetune_val_per_class=20 \+ finetune_train_per_class=10 exceeds "
+                                  r"images_per_class=3"),
+        ({"images_per_class": 3, "finetune_train_per_class": 2, "finetune_val_per_class": 2},
+         r"finetune_val_per_class=2 \+ finetune_train_per_class=2 exceeds images_per_class=3"),
+        ({"finetune_train_per_class": 41}, r"finetune_val_per_class=20 \+ finetune_train_per_class=41 exceeds "
+                                           r"images_per_class=60"),
     ],
 )
 def test_synthetic_sizes_the_benchmark_cannot_draw_are_refused(values, message):
@@ -175,8 +178,8 @@ def test_synthetic_size_limits_do_not_apply_to_voc():
 @pytest.mark.parametrize(
     "values",
     [
-        {"image_size": 16, "images_per_class": 10},
-        {"images_per_class": 3, "finetune_train_per_class": 3},
+        {"image_size": 16, "images_per_class": 30},  # 20 validation + 10 training images per class
+        {"images_per_class": 4, "finetune_train_per_class": 3, "finetune_val_per_class": 1},
         {"loss": "weighted_neg", "q": 1.0},
         {"loss": "bootstrap_neg", "beta": 0.0},
         {"loss": "nnpu", "prior": 0.5},
@@ -238,6 +241,7 @@ NOT_IN_KEY = {
     "eval_interval": 2,
     "objective_last_k": 1,
     "finetune_train_per_class": 4,
+    "finetune_val_per_class": 5,
     "pretrain_cache": "/tmp/cache",
     "data_cache": "/tmp/data",
     "num_threads": 2,
@@ -270,7 +274,7 @@ IN_KEY = {
     "weight_decay": ({}, 0.0),
     "batch_size": ({}, 8),
     "image_size": ({}, 32),
-    "images_per_class": ({}, 20),
+    "images_per_class": ({}, 40),
     "init_scheme": ({}, "xavier"),
 }
 

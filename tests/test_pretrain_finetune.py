@@ -109,8 +109,10 @@ def test_reports_have_the_documented_keys_and_values(tiny_cfg):
     assert same_metrics(last, metrics[-1])
 
     assert all(math.isnan(m["objective"]) for m in metrics[:2])
-    ious = [m["finetune/test_mean_iu"] for m in metrics[2:]]
-    expected = [ious[0], np.mean(ious[:2]), np.mean(ious[1:3])]  # the mean of the last 2 evaluations
+    # objective: the mean of the last 2 evaluations' VALIDATION mean IUs, never the test ones
+    ious = [m["finetune/val_mean_iu"] for m in metrics[2:]]
+    expected = [ious[0], np.mean(ious[:2]), np.mean(ious[1:3])]
+    assert [m["finetune/test_mean_iu"] for m in metrics[2:]] != pytest.approx(ious)
     assert [m["objective"] for m in metrics[2:]] == pytest.approx(expected, rel=1e-12, abs=0)
     for m in metrics:
         assert m["pretrain/cache_hit"] == 0
@@ -138,15 +140,17 @@ def test_eval_interval_scores_the_last_epoch_and_every_interval_back(tiny_cfg):
     # eval_interval=2 over 5 epochs: epochs 5, 3 and 1 are evaluated; 2 and 4 report NaN test scores.
     report = Collector()
     run(tiny_cfg(init="random", epochs_finetune=5, eval_interval=2, objective_last_k=2), report)
-    scores = [[m[key] for key in pf.FINETUNE_TEST_METRICS] for m in report.metrics]
-    assert [all(math.isnan(v) for v in row) for row in scores] == [False, True, False, True, False]
-    assert all(math.isfinite(v) for row in scores[0::2] for v in row)
-    first, third, fifth = (report.metrics[e]["finetune/test_mean_iu"] for e in (0, 2, 4))
-    # The mean of the last 2 evaluations, never of repeated rows.
+    for keys in (pf.FINETUNE_VAL_METRICS, pf.FINETUNE_TEST_METRICS):  # both splits on the same epochs
+        scores = [[m[key] for key in keys] for m in report.metrics]
+        assert [all(math.isnan(v) for v in row) for row in scores] == [False, True, False, True, False]
+        assert all(math.isfinite(v) for row in scores[0::2] for v in row)
+    first, third, fifth = (report.metrics[e]["finetune/val_mean_iu"] for e in (0, 2, 4))
+    # The mean of the last 2 validation evaluations, never of repeated rows.
     assert [m["objective"] for m in report.metrics] == pytest.approx(
         [first, first, (first + third) / 2, (first + third) / 2, (third + fifth) / 2], rel=1e-12, abs=0)
     evals = report.last_state["evals"]
-    assert [e["finetune/test_mean_iu"] for e in evals] == [first, third, fifth]
+    assert [e["finetune/val_mean_iu"] for e in evals] == [first, third, fifth]
+    assert [e["finetune/test_mean_iu"] for e in evals] == [report.metrics[e]["finetune/test_mean_iu"] for e in (0, 2, 4)]
     assert all(m["epoch_total"] == e for e, m in enumerate(report.metrics, start=1))
 
 
@@ -381,7 +385,8 @@ def test_concurrent_cache_writes_are_atomic(tmp_path):
     ({"epochs_pretrain": 0}, r"epochs_pretrain must be an int >= 1, got 0"),
     ({"noise_false_segment": 0.5}, r"noise_false_segment=0.5 needs label_transform='target'"),
     ({"data": "cifar:/x"}, r"data must be 'synthetic' or 'voc:PATH' for segmentation"),
-    ({"finetune_train_per_class": 0}, r"finetune_train_per_class=10 exceeds images_per_class=3"),
+    ({"finetune_train_per_class": 0}, r"finetune_val_per_class=1 \+ finetune_train_per_class=10 exceeds "
+                                      r"images_per_class=3"),
 ])
 def test_invalid_config_fails_before_any_work(tmp_path, monkeypatch, bad, message):
     reports = []
@@ -389,7 +394,8 @@ def test_invalid_config_fails_before_any_work(tmp_path, monkeypatch, bad, messag
     monkeypatch.setattr(pf, "checkpoint_state_from_tune", lambda: None)
     data_cache = tmp_path / "data"
     data_cache.mkdir()
-    config = {"image_size": 32, "images_per_class": 3, "finetune_train_per_class": 2, "data_cache": str(data_cache),
+    config = {"image_size": 32, "images_per_class": 3, "finetune_train_per_class": 2, "finetune_val_per_class": 1,
+              "data_cache": str(data_cache),
               **bad}
     with pytest.raises(ValueError, match=message):
         pf.pretrain_finetune(config)

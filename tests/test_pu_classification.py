@@ -15,7 +15,7 @@ from trainables.data.base import ClassificationData
 from trainables.pu_classification import REPORT_KEYS, keep_fraction_per_class, pu_classification, run
 from trainables.runtime import load_state, save_state
 
-SCORES = ("test/acc", "test/mean_precision", "test/mean_recall", "test/mean_f1")
+SCORES = tuple(f"{split}/{name}" for split in ("val", "test") for name in ("acc", "mean_precision", "mean_recall", "mean_f1"))
 
 
 class Preempted(Exception):
@@ -52,12 +52,12 @@ def moons(**overrides) -> PUClassificationConfig:
 
 
 def check_reports(reports: list[dict], cfg: PUClassificationConfig) -> None:
-    """Exact keys, epochs 1..E, scores in [0, 1], objective = mean of the last k mean F1s."""
+    """Exact keys, epochs 1..E, scores in [0, 1], objective = mean of the last k validation mean F1s."""
     assert [tuple(m) for m in reports] == [REPORT_KEYS] * cfg.epochs
     assert [m["train/epoch"] for m in reports] == list(range(1, cfg.epochs + 1))
     assert [m["epoch_total"] for m in reports] == list(range(1, cfg.epochs + 1))
     assert {m["phase"] for m in reports} == {"train"}
-    f1 = [m["test/mean_f1"] for m in reports]
+    f1 = [m["val/mean_f1"] for m in reports]
     for i, m in enumerate(reports):
         assert all(0.0 <= m[key] <= 1.0 for key in SCORES), m
         assert np.isfinite(m["train/loss"]) and m["train/loss"] >= 0.0

@@ -321,14 +321,19 @@ def test_mean_ci_edge_cases():
 # --- search summary -------------------------------------------------------------------------------
 
 
-def search_study(tmp_path, with_optuna: bool):
+def search_study(tmp_path, with_optuna: bool, stop_early: tuple[int, ...] = ()):
+    """Four search trials (seeds 0..3). Validation objectives 0.2, 0.4, 0.1, 0.5; test scores fall with
+    the seed (0.5 - 0.01 seed every epoch), so choosing by test would pick other trials than validation.
+    ``stop_early``: seeds whose fine-tuning history ends at epoch 3 of 7 (stopped by the scheduler)."""
     trials, history, meta = pretrain_finetune_frames(["search"], folds=(1,), seeds=(0, 1, 2, 3), preset="search",
-                                                     study="search-hand")
+                                                     study="search-hand", value=lambda c, f, seed, e: 0.5 - 0.01 * seed)
     trials["noise_unsegment"] = [0.1, 0.15, 0.9, 0.5]
     trials["noise_misclassify"] = [0.0, 0.0, 0.0, 0.0]
     trials["loss"] = ["ce", "ce", "ce", "sigmoidal_neg"]
     trials["objective"] = [0.2, 0.4, 0.1, 0.5]
     history = history.drop(columns="objective")  # the trials frame holds the objective
+    stopped = history["seed"].isin(stop_early) & (history["phase"] == "finetune") & (history["epoch"] > 3)
+    history = history[~stopped]
     folder = write_study(tmp_path / "search", trials, history, meta)
     if with_optuna:
         import optuna
@@ -343,17 +348,31 @@ def search_study(tmp_path, with_optuna: bool):
     return load_study(folder)
 
 
-def test_search_summary_bins_best_and_missing_optuna(tmp_path):
+def test_search_summary_chooses_on_validation_and_reports_test(tmp_path):
     summary = search_summary(search_study(tmp_path, with_optuna=False), bins=5)
+    # every trial: the validation objective it was chosen by and its test score, best validation first
+    assert list(summary.trials["trial_id"]) == ["search_f1_s3", "search_f1_s1", "search_f1_s0", "search_f1_s2"]
+    assert list(summary.trials["val_objective"]) == pytest.approx([0.5, 0.4, 0.2, 0.1])
+    assert list(summary.trials["test_score"]) == pytest.approx([0.47, 0.49, 0.5, 0.48])
     unsegment = summary.by_noise[summary.by_noise["noise"] == "noise_unsegment"]
     ce_low = unsegment[(unsegment["loss"] == "ce") & (unsegment["rate"] == 0.1)].iloc[0]
-    assert ce_low["bin"] == "[0.00, 0.20)" and ce_low["mean"] == pytest.approx(0.3)
-    assert ce_low["n_trials"] == 2 and not ce_low["too_few"]
-    assert ce_low["std"] == pytest.approx(0.1 * math.sqrt(2))
-    best = summary.best[summary.best["noise"] == "noise_unsegment"].set_index("rate")
-    assert best.loc[0.1, "objective"] == pytest.approx(0.4)
-    assert best.loc[0.5, "loss"] == "sigmoidal_neg"
+    assert ce_low["bin"] == "[0.00, 0.20)" and ce_low["n_trials"] == 2 and not ce_low["too_few"]
+    assert ce_low["mean"] == pytest.approx(0.495) and ce_low["val_mean"] == pytest.approx(0.3)  # mean: test
+    assert ce_low["std"] == pytest.approx(0.01 / math.sqrt(2))
+    best = summary.best[summary.best["noise"] == "noise_unsegment"].set_index(["rate", "loss"])
+    # seed 1 wins [0, 0.2) on validation (0.4 > 0.2) though seed 0 has the better test score
+    assert best.loc[(0.1, "ce"), "trial_id"] == "search_f1_s1"
+    assert best.loc[(0.1, "ce"), "val_objective"] == pytest.approx(0.4)
+    assert best.loc[(0.1, "ce"), "test_score"] == pytest.approx(0.49)
+    assert best.loc[(0.5, "sigmoidal_neg"), "test_score"] == pytest.approx(0.47)
     assert summary.importances.empty and "no optuna.db" in summary.notes[0]
+
+
+def test_search_summary_leaves_out_trials_the_scheduler_stopped(tmp_path):
+    summary = search_summary(search_study(tmp_path, with_optuna=False, stop_early=(1,)), bins=5)
+    assert "search_f1_s1" not in set(summary.trials["trial_id"]) | set(summary.best["trial_id"])
+    assert len(summary.trials) == 3
+    assert any("1 trial(s) stopped early by the scheduler are left out" in note for note in summary.notes)
 
 
 def test_search_summary_reads_optuna_importances(tmp_path):

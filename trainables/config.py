@@ -40,6 +40,10 @@ from trainables.data.synthetic import (
 from trainables.loss_table import LOSS_NAMES, LOSSES, losses_using
 from trainables.models import FCN_ALEXNET_MIN_SIZE, INIT_SCHEMES
 
+# Fine-tuning validation images per class: what the search's objective and early stopping score.
+# 20 x 5 classes = 100 images, twice the fine-tuning training set of the synthetic default, so the
+# objective's sampling noise stays below the differences a search compares.
+FINETUNE_VAL_PER_CLASS = 20
 LABEL_TRANSFORMS = ("none", "binarize", "superclass", "random_groups", "target")
 INITS = ("pretrain", "random", "imagenet")
 SEGMENTATION_MODELS = ("small_fcn", "fcn_alexnet")
@@ -220,9 +224,10 @@ class PretrainFinetuneConfig:
     momentum: float = spec(float, lo=0.0, hi=1.0, default=0.9, pretrain=True, doc="sgd only")
     weight_decay: float = spec(float, lo=0.0, hi=1.0, default=RECOMMENDED_OPTIM["weight_decay"], pretrain=True)
     batch_size: int = spec(int, lo=1, hi=4096, default=RECOMMENDED_OPTIM["batch_size"], pretrain=True)
-    eval_interval: int = spec(int, lo=1, default=1, doc="fine-tuning epochs between test evaluations")
+    eval_interval: int = spec(int, lo=1, default=1,
+                              doc="fine-tuning epochs between validation and test evaluations")
     objective_last_k: int = spec(int, lo=1, default=5,
-                                 doc="objective = mean of the last k fine-tuning test mean IUs")
+                                 doc="objective = mean of the last k fine-tuning validation mean IUs")
 
     # Data scale. On synthetic data a 0 is replaced at construction by the benchmark's value
     # (trainables.data.synthetic.STUDY_SIZES), so a built config never holds a 0 here; VOC reads
@@ -234,6 +239,9 @@ class PretrainFinetuneConfig:
     finetune_train_per_class: int = spec(int, lo=0, default=0,
                                          doc="cap on fine-tuning training images per class (synthetic 0: "
                                              "the recommended 10; VOC 0: no cap)")
+    finetune_val_per_class: int = spec(int, lo=1, default=FINETUNE_VAL_PER_CLASS,
+                                       doc="fine-tuning validation images per class, drawn per seed from "
+                                           "the fine-tuning training pool before the training cap")
 
     # Plumbing: where things live. Never part of the science, never part of the pre-training key.
     pretrain_cache: str = spec(str, default="", doc="folder of cached pre-trained extractors")
@@ -295,13 +303,16 @@ class PretrainFinetuneConfig:
             SyntheticConfig(image_size=self.image_size, images_per_class=self.images_per_class)
         except ValueError as error:
             raise ValueError(f"{cls}: {error} (synthetic data; 0 means the benchmark's default)") from None
-        # Fine-tuning images are drawn per class from the training split.
-        if self.finetune_train_per_class > self.images_per_class:
+        # Fine-tuning validation and training images are both drawn per class from the training split.
+        wanted = self.finetune_val_per_class + self.finetune_train_per_class
+        if wanted > self.images_per_class:
             defaults = STUDY_SIZES["segmentation"]
             raise ValueError(
-                f"{cls}: finetune_train_per_class={self.finetune_train_per_class} exceeds images_per_class="
-                f"{self.images_per_class}, the training images it is drawn from (left at 0 they are "
-                f"{defaults['finetune_train_per_class']} and {defaults['images_per_class']})"
+                f"{cls}: finetune_val_per_class={self.finetune_val_per_class} + finetune_train_per_class="
+                f"{self.finetune_train_per_class} exceeds images_per_class={self.images_per_class}, the "
+                f"training images both are drawn from (left at 0, finetune_train_per_class and "
+                f"images_per_class are {defaults['finetune_train_per_class']} and {defaults['images_per_class']}); "
+                "lower one of the first two or raise images_per_class"
             )
 
     @classmethod
@@ -364,7 +375,8 @@ class PUClassificationConfig:
     lr: float = spec(float, lo=1e-7, hi=10.0, default=1e-4, doc="Adam learning rate (thesis: 1e-4)")
     weight_decay: float = spec(float, lo=0.0, hi=1.0, default=0.0)
     batch_size: int = spec(int, lo=1, hi=4096, default=128)
-    objective_last_k: int = spec(int, lo=1, default=5, doc="objective = mean of the last k test mean F1s")
+    objective_last_k: int = spec(int, lo=1, default=5,
+                                 doc="objective = mean of the last k validation mean F1s")
     images_per_class: int = spec(int, lo=0, default=0,
                                  doc="synthetic: training images per class (0: the benchmark's 60)")
     max_per_source: int = spec(int, lo=0, default=0, doc="cifar: cap images per CIFAR-10/100; 0 = no cap")

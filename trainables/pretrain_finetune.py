@@ -9,7 +9,9 @@
    scores its test set. The finished pre-training is stored in the cache.
 3. Transfer g into a fresh model (:func:`trainables.models.transfer_features`), re-initialise the
    head h with Xavier, and fine-tune on the fold's 5 held-out classes with clean labels and
-   cross-entropy, scoring the fine-tuning test set every ``eval_interval`` epochs.
+   cross-entropy, scoring the fine-tuning validation and test sets every ``eval_interval`` epochs.
+   The validation split (drawn per seed from the fine-tuning training pool) is what ``objective``, the
+   searchers and the schedulers see; the test split is what the tables and figures report.
 
 Both phases run the shared epoch loop of :mod:`trainables.epochs`; every checkpoint is a
 :class:`trainables.checkpoint.Checkpoint`.
@@ -29,12 +31,15 @@ Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.re
                             clean (transformed) labels, also ``test_mean_acc``, ``test_pixel_acc``,
                             ``test_fw_iu`` (thesis Table 3)
 ``finetune/train_loss``     mean training loss of the epoch (fine-tuning)
-``finetune/test_mean_iu``   fine-tuning test mean IU (also ``test_mean_acc``, ``test_pixel_acc``,
-                            ``test_fw_iu``) of this epoch; NaN on an epoch that was not evaluated
+``finetune/val_mean_iu``    fine-tuning validation mean IU (also ``val_mean_acc``, ``val_pixel_acc``,
+                            ``val_fw_iu``) of this epoch; NaN on an epoch that was not evaluated
                             (``eval_interval`` > 1); the last epoch always is
+``finetune/test_mean_iu``   fine-tuning test mean IU (also ``test_mean_acc``, ``test_pixel_acc``,
+                            ``test_fw_iu``), on the same epochs as validation; what tables report
 ``objective``               what a study optimises: the mean of the last ``objective_last_k``
-                            evaluations' test mean IUs (thesis 5.1 averages the last 5 snapshots);
-                            NaN in pre-training reports, so no scheduler or searcher compares a
+                            evaluations' *validation* mean IUs (thesis 5.1 averages the last 5
+                            snapshots; section 4 chooses hyperparameters on a validation set); NaN
+                            in pre-training reports, so no scheduler or searcher compares a
                             pre-training number with a fine-tuning one
 ==========================  ===================================================================
 
@@ -69,13 +74,16 @@ from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoin
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
 FINETUNE_TEST_METRICS = {f"finetune/test_{name}": name for name in TEST_SCORES}
+FINETUNE_VAL_METRICS = {f"finetune/val_{name}": name for name in TEST_SCORES}
+FINETUNE_SPLITS = {"val": FINETUNE_VAL_METRICS, "test": FINETUNE_TEST_METRICS}  # evaluation -> report keys
+OBJECTIVE_SOURCE = "finetune/val_mean_iu"  # what ``objective`` averages: validation, never test
 PRETRAIN_TEST_METRICS = tuple(f"pretrain/test_{name}" for name in TEST_SCORES)
 # Exactly the keys of each report (the last pre-training report adds PRETRAIN_TEST_METRICS).
 REPORT_KEYS = {
     "pretrain": ("phase", "pretrain/epoch", "epoch_total", "pretrain/train_loss",
                  "pretrain/val_mean_iu", "pretrain/cache_hit", "objective"),
     "finetune": ("phase", "finetune/epoch", "epoch_total", "finetune/train_loss",
-                 *FINETUNE_TEST_METRICS, "pretrain/cache_hit", "objective"),
+                 *FINETUNE_VAL_METRICS, *FINETUNE_TEST_METRICS, "pretrain/cache_hit", "objective"),
 }
 NUM_SAMPLES = 4  # example images kept in the final checkpoint for the MLflow sample figure
 INIT_SOURCES = ("random", "imagenet", "cache", "checkpoint", "pretrained")
@@ -253,7 +261,8 @@ def finetune(
     device: torch.device,
     init: InitialFeatures,
 ) -> dict[str, Any]:
-    """Transfer ``init``'s g (when it has one), fine-tune with clean labels and CE, score the test set;
+    """Transfer ``init``'s g (when it has one), fine-tune with clean labels and CE, score the validation
+    and test sets;
     continue from ``resume`` (a fine-tuning checkpoint) when given. Returns the last report ({} when
     ``resume`` was the final checkpoint)."""
     # Re-seed at the phase start: a fine-tuning run is then the same whether its extractor was just
@@ -271,14 +280,16 @@ def finetune(
         reset_head(phase.model, generator=torch.Generator().manual_seed(stream_seed(cfg.seed, HEAD_STREAM)))
     loss_fn = make_loss("ce")
     trainer = phase.trainer(lambda epoch: loss_fn, _train_loader(cfg, "finetune", data.finetune_train, device), device)
-    test = _eval_loader(cfg, data.finetune_test, device)
+    loaders = {"val": _eval_loader(cfg, data.finetune_val, device), "test": _eval_loader(cfg, data.finetune_test, device)}
     # The final epoch is always scored; earlier ones every eval_interval epochs counted back from it.
-    evaluations = [Evaluation("test", every(cfg.eval_interval, cfg.epochs_finetune),
-                              lambda: _score(phase.model, test, device))]
+    due = every(cfg.eval_interval, cfg.epochs_finetune)
+    evaluations = [Evaluation(split, due, lambda loader=loader: _score(phase.model, loader, device))
+                   for split, loader in loaders.items()]
 
     def record(result: EpochResult) -> tuple[dict[str, Any], dict[str, Any]]:
         if "test" in result.scores:
-            evals.append({key: float(result.scores["test"][name]) for key, name in FINETUNE_TEST_METRICS.items()})
+            evals.append({key: float(result.scores[split][name])
+                          for split, keys in FINETUNE_SPLITS.items() for key, name in keys.items()})
         checkpoint = Checkpoint(cfg.to_dict(), "finetune", result.epoch, cache_hit=init.cache_hit,
                                 evals=list(evals), pretrain_samples=init.samples, **phase.training_state())
         if result.last:  # what the driver turns into MLflow artifacts
@@ -293,9 +304,10 @@ def finetune(
 
 def _finetune_metrics(cfg: PretrainFinetuneConfig, result: EpochResult, evals: list[dict[str, float]],
                       init: InitialFeatures) -> dict[str, Any]:
-    """A fine-tuning report: the epoch's training loss, its test scores (NaN on an epoch that was not
-    evaluated, so no curve or average counts a score twice) and the objective."""
-    latest = evals[-1] if "test" in result.scores else dict.fromkeys(FINETUNE_TEST_METRICS, math.nan)
+    """A fine-tuning report: the epoch's training loss, its validation and test scores (NaN on an epoch
+    that was not evaluated, so no curve or average counts a score twice) and the objective."""
+    keys = [*FINETUNE_VAL_METRICS, *FINETUNE_TEST_METRICS]
+    latest = evals[-1] if "test" in result.scores else dict.fromkeys(keys, math.nan)
     return {
         "phase": "finetune",
         "finetune/epoch": result.epoch,
@@ -308,8 +320,8 @@ def _finetune_metrics(cfg: PretrainFinetuneConfig, result: EpochResult, evals: l
 
 
 def objective(evals: list[dict[str, float]], last_k: int) -> float:
-    """The mean of the last ``last_k`` fine-tuning test mean IUs (NaN before the first evaluation)."""
-    values = [e["finetune/test_mean_iu"] for e in evals[-last_k:]]
+    """The mean of the last ``last_k`` fine-tuning validation mean IUs (NaN before the first evaluation)."""
+    values = [e[OBJECTIVE_SOURCE] for e in evals[-last_k:]]
     return float(np.mean(values)) if values else math.nan
 
 

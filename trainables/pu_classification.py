@@ -3,7 +3,9 @@
 Train a classifier from scratch on a training split whose observed labels are PU (``setup="pu"``: a
 ``labelled_fraction`` of the positives keeps its class, the rest is labelled 0 with the negatives) or
 a clean subset (``setup="pn"``: that fraction of the positives and of the negatives, true labels), and
-score it on the test split with true labels. Data: the synthetic classification view (classes 1-10
+score it on the validation and test splits with true labels. The validation split (the source's
+held-out part of its training data: CIFAR's tenth, the synthetic and moons validation draws) is what
+``objective`` and the searchers see; the test split is what Table 2 and Figure 5 report. Data: the synthetic classification view (classes 1-10
 positive), CIFAR-10 positives against CIFAR-100 negatives, or the 2-D moons. Models: the 8-layer CNN
 of thesis Table 4 for images, the 2-layer MLP of Figure 4 for the moons. The loss is ``warmup_epochs``
 of class-weighted cross-entropy (the thesis's PU weights from the observed label counts), then ``loss``.
@@ -16,11 +18,13 @@ of ``REPORT_KEYS``:
 ``train/epoch``            1-based epoch; the schedulers' time attribute
 ``epoch_total``            the same number (the MLflow step, as in the pretrain-finetune trainable)
 ``train/loss``             mean training loss of the epoch (of the loss in use that epoch)
+``val/acc``                validation accuracy with true labels, and ``val/mean_precision``,
+                           ``val/mean_recall``, ``val/mean_f1`` as below
 ``test/acc``               overall test accuracy with true labels
 ``test/mean_precision``    test precision, recall and F1 averaged over the classes (negative
 ``test/mean_recall``       included; a class never predicted counts as precision 0, as with
 ``test/mean_f1``           scikit-learn's zero_division=0, see :mod:`trainables.metrics`)
-``objective``              the mean of the last ``objective_last_k`` test mean F1s
+``objective``              the mean of the last ``objective_last_k`` validation mean F1s
 =========================  ======================================================================
 
 Every report carries a checkpoint (a :class:`trainables.checkpoint.Checkpoint`: model, optimizer,
@@ -51,8 +55,10 @@ from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoin
                                select_device, stream_seed, tune_reporter)
 
 TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
-REPORT_KEYS = ("phase", "train/epoch", "epoch_total", "train/loss", *(f"test/{name}" for name in TEST_SCORES),
-               "objective")
+SPLITS = ("val", "test")  # scored every epoch, with true labels
+REPORT_KEYS = ("phase", "train/epoch", "epoch_total", "train/loss",
+               *(f"{split}/{name}" for split in SPLITS for name in TEST_SCORES), "objective")
+OBJECTIVE_SOURCE = "val/mean_f1"  # what ``objective`` averages: validation, never test
 # Named random streams of a trial (runtime.stream_seed). The strings seed the generators: renaming one
 # changes every result, so they stay as they were first written.
 TORCH_STREAM = "train"  # torch's default generator: dropout
@@ -86,8 +92,8 @@ def run(
     resume = Checkpoint.from_dict(state) if state is not None else None
     if resume is not None and resume.config != cfg.to_dict():
         raise ValueError("checkpoint was written by a different config; refusing to resume from it")
-    train_data, test_data = _load_splits(cfg)
-    train_set, test_set = ClassificationDataset(train_data), ClassificationDataset(test_data)
+    train_data, val_data, test_data = _load_splits(cfg)
+    train_set = ClassificationDataset(train_data)
     images = train_set.inputs.ndim == 4
     model, optimizer = _build(cfg, train_data.num_classes, images, device)
     history: list[dict[str, Any]] = []
@@ -97,20 +103,22 @@ def run(
 
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
                          seed=stream_seed(cfg.seed, BATCH_ORDER_STREAM), device=device)
-    test = make_loader(test_set, cfg.batch_size, shuffle=False, augment=False, seed=0, device=device)
+    scored = {split: make_loader(ClassificationDataset(data), cfg.batch_size, shuffle=False, augment=False, seed=0,
+                                 device=device) for split, data in zip(SPLITS, (val_data, test_data))}
     # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
     # train_one_epoch is this module's name for it, so a test that patches it counts the epochs.
     loss_for = warmup_then(*make_losses(cfg, train_data, device), cfg.warmup_epochs)
     trainer = EpochTrainer(model, optimizer, None, loader, loss_for, device,
                            autocast_dtype(device) if images else None, fit=train_one_epoch)
-    evaluations = [Evaluation("test", every(1, cfg.epochs),
-                              lambda: evaluate_classification(model, test, train_data.num_classes, device=device))]
+    evaluations = [Evaluation(split, every(1, cfg.epochs), lambda loader=loader: evaluate_classification(
+        model, loader, train_data.num_classes, device=device)) for split, loader in scored.items()]
 
     def record(result: EpochResult) -> tuple[dict[str, Any], dict[str, Any]]:
         scores = result.scores["test"]
         history.append({"phase": "train", "train/epoch": result.epoch, "epoch_total": result.epoch,
                         "train/loss": result.train_loss,
-                        **{f"test/{name}": float(scores[name]) for name in TEST_SCORES}})
+                        **{f"{split}/{name}": float(result.scores[split][name])
+                           for split in SPLITS for name in TEST_SCORES}})
         history[-1]["objective"] = objective(history, cfg.objective_last_k)
         # Copies, not views of the live model: a reporter may keep the state while training goes on.
         checkpoint = Checkpoint(cfg.to_dict(), "train", result.epoch, history=[dict(entry) for entry in history],
@@ -126,15 +134,23 @@ def run(
     return dict(history[-1])
 
 
-def _load_splits(cfg: PUClassificationConfig) -> tuple[ClassificationData, ClassificationData]:
-    """The training (observed labels) and test (true labels) splits; ValueError when training is empty."""
+def _load_splits(cfg: PUClassificationConfig) -> tuple[ClassificationData, ClassificationData, ClassificationData]:
+    """The training (observed labels), validation and test (true labels) splits; ValueError when training
+    is empty."""
     train_data, test_data = load_pu_data(cfg, "train"), load_pu_data(cfg, "test")
+    val_data = with_true_labels(load_pu_data(cfg, "val"))
     if len(train_data) == 0:
         raise ValueError(
             f"the training split of data={cfg.data!r} with setup={cfg.setup!r} and "
             f"labelled_fraction={cfg.labelled_fraction} is empty; raise labelled_fraction or the data size"
         )
-    return train_data, test_data
+    return train_data, val_data, test_data
+
+
+def with_true_labels(data: ClassificationData) -> ClassificationData:
+    """``data`` scored with its true labels: a validation split measures the classifier, not the PU
+    labelling (its observed labels are PU on the PU setups, as the training split's)."""
+    return ClassificationData(data.inputs, data.true_labels.copy(), data.true_labels, data.class_names)
 
 
 def _build(cfg: PUClassificationConfig, num_classes: int, images: bool,
@@ -150,13 +166,14 @@ def _build(cfg: PUClassificationConfig, num_classes: int, images: bool,
 
 
 def objective(history: list[dict[str, Any]], last_k: int) -> float:
-    """The mean of the last ``last_k`` test mean F1s of ``history`` (NaN when it is empty)."""
-    values = [entry["test/mean_f1"] for entry in history[-last_k:]]
+    """The mean of the last ``last_k`` validation mean F1s of ``history`` (NaN when it is empty)."""
+    values = [entry[OBJECTIVE_SOURCE] for entry in history[-last_k:]]
     return float(np.mean(values)) if values else math.nan
 
 
 def load_pu_data(cfg: PUClassificationConfig, split: str) -> ClassificationData:
-    """The ``split`` of the configured data: observed PU or PN labels on train, true labels on test."""
+    """The ``split`` of the configured data: observed PU or PN labels on train and val (the P+N setup keeps
+    its share of val too), true labels on test."""
     kind, root = parse_data(cfg.data)
     pn = cfg.setup == "pn"
     if kind == "synthetic":

@@ -267,6 +267,19 @@ def subsample_per_class(
     This makes the fine-tuning training set small next to the pre-training one, as in the thesis.
     Raises ValueError when a class has fewer than ``n`` images.
     """
+    chosen, _ = split_per_class(data, n, rng_or_seed)
+    return chosen
+
+
+def split_per_class(
+    data: SegmentationData, n: int, rng_or_seed: np.random.Generator | int
+) -> tuple[SegmentationData, SegmentationData]:
+    """``(chosen, rest)``: ``n`` images of each class present in ``data`` (by :func:`primary_classes`),
+    drawn without replacement from ``rng_or_seed``, and every other image; both keep the original order,
+    so the two parts are disjoint and together are ``data``.
+
+    Raises ValueError when a class has fewer than ``n`` images.
+    """
     _check_int("n", n, 1)
     if isinstance(rng_or_seed, np.random.Generator):
         rng = rng_or_seed
@@ -279,5 +292,10 @@ def subsample_per_class(
         if len(members) < n:
             raise ValueError(f"n={n} exceeds the {len(members)} images of class {cls}")
         chosen.append(rng.choice(members, n, replace=False))
-    keep = np.sort(np.concatenate(chosen))
-    return SegmentationData(data.images[keep], data.labels[keep], data.instances[keep], data.class_names)
+    keep = np.zeros(len(data), dtype=bool)
+    keep[np.concatenate(chosen) if chosen else []] = True
+    return _rows(data, keep), _rows(data, ~keep)
+
+
+def _rows(data: SegmentationData, mask: np.ndarray) -> SegmentationData:
+    return SegmentationData(data.images[mask], data.labels[mask], data.instances[mask], data.class_names)

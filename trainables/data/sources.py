@@ -2,8 +2,12 @@
 
 This is where thesis 5.1's protocol is spelled out once: pre-training sees the fold's 15 classes with
 noisy, transformed training labels and clean validation/test labels of the same transformed task;
-fine-tuning sees the fold's 5 held-out classes with clean labels, its training split capped at
-``finetune_train_per_class`` images per class (transfer matters most when fine-tuning data is scarce).
+fine-tuning sees the fold's 5 held-out classes with clean labels. Its training pool (the source's
+training split) is divided per seed: ``finetune_val_per_class`` images per class form the fine-tuning
+validation split (what the objective and early stopping score), and the training split is drawn from
+the rest, capped at ``finetune_train_per_class`` images per class (transfer matters most when
+fine-tuning data is scarce). The fine-tuning test split is the source's test split, scored for the
+tables only.
 """
 
 from __future__ import annotations
@@ -15,10 +19,12 @@ import numpy as np
 
 from trainables.config import PretrainFinetuneConfig, parse_data
 from trainables.data.base import SegmentationData, fold_classes, task_lookup, task_view
-from trainables.data.loading import SegmentationDataset, subsample_per_class
+from trainables.data.loading import SegmentationDataset, split_per_class, subsample_per_class
 from trainables.labels import VOC_CLASSES, VOC_SUPERCLASSES, binarize, categorize, random_categories, superclass_mapping
 from trainables.noise import NoiseConfig, target_only
 
+# Seeds the per-seed draw of the fine-tuning validation split (changing it changes every result).
+FINETUNE_VAL_STREAM = 0x76616C  # "val"
 # The false-segmentation experiment's target (thesis 5.1): cat, or dog in the fold that holds cat out.
 _TARGET_CHOICES = (VOC_CLASSES.index("cat") + 1, VOC_CLASSES.index("dog") + 1)
 
@@ -30,6 +36,7 @@ class TaskData:
     """The datasets of one trial; the pre-training ones are None when the trial does not pre-train."""
 
     finetune_train: SegmentationDataset
+    finetune_val: SegmentationDataset
     finetune_test: SegmentationDataset
     pretrain_train: SegmentationDataset | None = None
     pretrain_val: SegmentationDataset | None = None
@@ -115,6 +122,25 @@ def pretrain_noise(cfg: PretrainFinetuneConfig) -> tuple[NoiseConfig, ...]:
     return tuple(noises)
 
 
+def finetune_splits(pool: SegmentationData, cfg: PretrainFinetuneConfig) -> tuple[SegmentationData, SegmentationData]:
+    """``(train, val)`` of the fine-tuning task, both drawn from ``pool`` (its training images) per seed.
+
+    Validation first: ``finetune_val_per_class`` images per class from the seed's validation stream;
+    training from the rest, capped at ``finetune_train_per_class`` per class (0, VOC's default: all of
+    the rest). Disjoint by construction, and neither shares an image with the test split.
+    """
+    rng = np.random.default_rng(np.random.SeedSequence([cfg.seed, FINETUNE_VAL_STREAM]))
+    try:
+        val, rest = split_per_class(pool, cfg.finetune_val_per_class, rng)
+        if cfg.finetune_train_per_class:
+            rest = subsample_per_class(rest, cfg.finetune_train_per_class, cfg.seed)
+    except ValueError as error:
+        raise ValueError(f"fine-tuning splits of fold {cfg.fold} ({cfg.finetune_val_per_class} validation + "
+                         f"{cfg.finetune_train_per_class or 'all other'} training images per class): {error}; "
+                         "lower finetune_val_per_class / finetune_train_per_class") from None
+    return rest, val
+
+
 def load_task_data(cfg: PretrainFinetuneConfig) -> TaskData:
     """Every dataset a trial needs, with noise drawn once from ``cfg.seed`` (paired across losses)."""
     splits = {split: load_source(cfg, split) for split in ("train", "val", "test")}
@@ -123,10 +149,9 @@ def load_task_data(cfg: PretrainFinetuneConfig) -> TaskData:
         data, names = splits[split]
         return task_view(data, cfg.fold, task, names)
 
-    finetune_train = view("train", "finetune")
-    if cfg.finetune_train_per_class:  # 0 (VOC): every image; synthetic configs always hold their cap
-        finetune_train = subsample_per_class(finetune_train, cfg.finetune_train_per_class, cfg.seed)
+    finetune_train, finetune_val = finetune_splits(view("train", "finetune"), cfg)
     finetune = {"finetune_train": SegmentationDataset(finetune_train),
+                "finetune_val": SegmentationDataset(finetune_val),
                 "finetune_test": SegmentationDataset(view("test", "finetune"))}
     if not cfg.pretrains:
         return TaskData(**finetune)
