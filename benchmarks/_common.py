@@ -20,6 +20,14 @@ from typing import Any
 import pandas as pd
 
 
+def finetune_sizes(images_per_class: int) -> dict[str, int]:
+    """The fine-tuning split sizes a benchmark trial with ``images_per_class`` synthetic training images
+    per class draws: validation first (at most the config default, 20, and a third of the pool), then
+    training (at most the recommended 10) from the rest, so any size from 2 up builds a valid config."""
+    val = max(1, min(20, images_per_class // 3))
+    return {"finetune_val_per_class": val, "finetune_train_per_class": min(10, images_per_class - val)}
+
+
 def machine_line() -> str:
     """CPU count and load average: other processes share the cores, and every figure depends on them."""
     try:

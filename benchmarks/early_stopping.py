@@ -28,7 +28,7 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (epochs_spent, local_ray, machine_line, read_study, register_preset, run_cli,  # noqa: E402
+from _common import (epochs_spent, finetune_sizes, local_ray, machine_line, read_study, register_preset, run_cli,  # noqa: E402
                      scratch_folder, timed_fits, verdict)
 
 from search_spaces import PRESETS  # noqa: E402
@@ -86,7 +86,7 @@ def main() -> None:
     args = parser.parse_args()
 
     sizes = {"image_size": args.image_size, "images_per_class": args.images_per_class,
-             "finetune_train_per_class": min(10, args.images_per_class)}
+             **finetune_sizes(args.images_per_class)}
     for key in ("epochs_pretrain", "epochs_finetune"):
         if getattr(args, key) is not None:
             sizes[key] = getattr(args, key)

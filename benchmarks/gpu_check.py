@@ -47,9 +47,10 @@ VOC_EPOCH_IMAGES = 4000  # search_spaces/base.py: the VOC epochs are sized for ~
 CHECKPOINT_LIMIT = 0.05  # a checkpoint per epoch may cost at most 5% of the epoch
 SIZES = {  # full size on a GPU; tiny for --cpu-dry-run (same code, seconds on a CPU)
     "gpu": {"step": (32, 64, 32), "alexnet": (20, 128), "trial": {"image_size": 64, "images_per_class": 10,
+            "finetune_train_per_class": 5, "finetune_val_per_class": 5,
             "epochs_pretrain": 3, "epochs_finetune": 3, "width": 32}, "calls": 10, "warmup": 2},
-    "cpu": {"step": (2, 32, 8), "alexnet": (1, 32), "trial": {"image_size": 32, "images_per_class": 2,
-            "finetune_train_per_class": 2, "epochs_pretrain": 1, "epochs_finetune": 1, "width": 8, "batch_size": 8}, "calls": 1, "warmup": 0},
+    "cpu": {"step": (2, 32, 8), "alexnet": (1, 32), "trial": {"image_size": 32, "images_per_class": 3,
+            "finetune_train_per_class": 2, "finetune_val_per_class": 1, "epochs_pretrain": 1, "epochs_finetune": 1, "width": 8, "batch_size": 8}, "calls": 1, "warmup": 0},
 }
 
 

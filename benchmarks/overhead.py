@@ -41,7 +41,7 @@ from pathlib import Path
 import torch
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (epochs_spent, local_ray, machine_line, preset_config, read_study, register_preset,  # noqa: E402
+from _common import (epochs_spent, finetune_sizes, local_ray, machine_line, preset_config, read_study, register_preset,  # noqa: E402
                      run_cli, scratch_folder, timed_fits, tune_results, verdict)
 
 from trainables.config import PretrainFinetuneConfig  # noqa: E402
@@ -174,7 +174,7 @@ def main() -> None:
     if args.trials < 2:
         parser.error(f"--trials must be >= 2 (reuse starts with the second trial), got {args.trials}")
     sizes = {"image_size": args.image_size, "images_per_class": args.images_per_class,
-             "finetune_train_per_class": min(10, args.images_per_class), "epochs_pretrain": args.epochs_pretrain,
+             **finetune_sizes(args.images_per_class), "epochs_pretrain": args.epochs_pretrain,
              "epochs_finetune": args.epochs_finetune, "warmup_epochs": 0}
     register_preset(PRESET, base=sizes, seeds=args.trials)
     print(machine_line())

@@ -23,7 +23,7 @@ import sys
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
-from _common import (epochs_spent, local_ray, machine_line, preset_config, read_study, register_preset,  # noqa: E402
+from _common import (epochs_spent, finetune_sizes, local_ray, machine_line, preset_config, read_study, register_preset,  # noqa: E402
                      run_cli, scratch_folder, timed_fits, tune_results, verdict)
 
 from trainables.data.sources import load_task_data  # noqa: E402
@@ -58,7 +58,7 @@ def main() -> None:
     trials = args.trials or args.cores
 
     sizes = {"image_size": args.image_size, "images_per_class": args.images_per_class,
-             "finetune_train_per_class": min(10, args.images_per_class), "epochs_pretrain": args.epochs_pretrain,
+             **finetune_sizes(args.images_per_class), "epochs_pretrain": args.epochs_pretrain,
              "epochs_finetune": args.epochs_finetune, "warmup_epochs": 0}
     register_preset(PRESET, base=sizes, seeds=trials)
     print(machine_line())

@@ -25,7 +25,7 @@ def test_sizes_left_at_zero_hold_the_benchmarks_values_once_built():
     assert tuple(getattr(built, key) for key in SIZES) == (64, 60, 10)
     assert PF(image_size=0, images_per_class=0, finetune_train_per_class=0) == built
     assert PF(image_size=64, images_per_class=60, finetune_train_per_class=10).pretrain_key() == built.pretrain_key()
-    assert PF(images_per_class=20).finetune_train_per_class == 10 and PF(image_size=32).images_per_class == 60
+    assert PF(images_per_class=30).finetune_train_per_class == 10 and PF(image_size=32).images_per_class == 60
     assert PF.from_dict(built.to_dict()) == built
     assert PU().images_per_class == 60 and PU(images_per_class=4).images_per_class == 4
 
