@@ -143,7 +143,7 @@ def _published_groups() -> tuple[tuple[NodeGroup, ...], tuple[tuple[str, float],
 
     try:
         config = state.state.get_cluster_config()
-    except Exception:  # a private API: if it moved, count the nodes that are up
+    except Exception:  # noqa: BLE001 (a private API: if it moved, count the nodes that are up)
         return (), ()
     if config is None:
         return (), ()

@@ -130,3 +130,18 @@ def test_the_probe_sample_holds_several_objects_of_every_pretraining_class_of_ev
                for image in range(len(probe)) for instance in np.unique(probe.instances[image]) if instance]
     classes = [cls for _, cls in objects]
     assert sorted(set(classes)) == list(range(1, 21)) and min(np.bincount(classes)[1:]) == 2
+
+
+def test_a_noise_parameter_with_one_value_is_refused_and_an_integer_noise_is_checked_too():
+    def fixed(trial, constants) -> None:
+        trial.suggest_float("noise_unsegment", 0.5, 0.5)
+
+    preset = dataclasses.replace(SEARCH, optuna_space=fixed)
+    with pytest.raises(ValueError, match=r"holds one value only \(0.5\): nothing to search"):
+        validate_search(preset, preset.trial_configs("synthetic", smoke=True)[0])
+
+    def boundary(trial, constants) -> None:  # dilation/erosion radius, an integer noise
+        trial.suggest_int("noise_boundary", 0, 3)
+
+    preset = dataclasses.replace(SEARCH, optuna_space=boundary)
+    assert validate_search(preset, preset.trial_configs("synthetic", smoke=True)[0]) == ("noise_boundary",)
