@@ -121,3 +121,23 @@ def test_the_default_on_a_real_local_ray_is_what_its_cpus_hold(ray_local, capsys
     lines = capsys.readouterr().out.splitlines()
     assert lines[:2] == ["[noisy-transfer] 2 trials at once: 2 CPUs / 1 CPU per trial",
                          "[noisy-transfer] 4 trials at once: 2 CPUs / 0.5 CPU per trial"]
+
+
+def test_an_autoscaler_v2_cluster_config_is_read_into_node_groups(monkeypatch):
+    """The protobuf Ray's autoscaler v2 / KubeRay publishes (ray._private.state's get_cluster_config),
+    built here as Ray builds it, read into the capacity the arithmetic counts."""
+    import ray
+    from ray._private import state
+    from ray.core.generated import autoscaler_pb2
+
+    config = autoscaler_pb2.ClusterConfig(node_group_configs=[
+        autoscaler_pb2.NodeGroupConfig(name="head", resources={"CPU": 8}, min_count=1, max_count=1),
+        autoscaler_pb2.NodeGroupConfig(name="gpu", resources={"CPU": 4, "GPU": 2}, max_count=6),
+    ], max_resources={"GPU": 10})
+    monkeypatch.setattr(state.state, "get_cluster_config", lambda: config)
+    monkeypatch.setattr(ray, "cluster_resources", lambda: {"CPU": 8.0, "memory": 1e9})
+    capacity = cluster_capacity()
+    assert capacity == Capacity(8.0, 0.0, (NodeGroup("head", 8.0, 0.0, 1), NodeGroup("gpu", 4.0, 2.0, 6)),
+                                (("GPU", 10.0),))
+    assert concurrent_trials(capacity, 1, 1, trials=32).trials == 10  # 6 x 2 GPUs, capped at 10
+    assert concurrent_trials(capacity, 1, 0, trials=64).trials == 32  # 8 + 6 x 4 CPUs
