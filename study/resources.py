@@ -36,14 +36,15 @@ class NodeGroup:
 class Capacity:
     """What the connected cluster has: ``cpus`` / ``gpus`` on its nodes now; ``groups``, the node groups
     its autoscaler publishes with their maxima (empty for a fixed cluster); ``limits``, the autoscaler's
-    cluster-wide caps ({"CPU": n, "GPU": m}, where set); ``unpublished``, the node types of an autoscaler
-    that publishes no maxima (v1), whose nodes cannot be counted before they start."""
+    cluster-wide caps ({"CPU": n, "GPU": m}, where set); ``unpublished``, whether the cluster autoscales
+    without publishing its node groups (autoscaler v1, as ``ray up`` runs): nodes not up yet cannot be
+    counted."""
 
     cpus: float
     gpus: float
     groups: tuple[NodeGroup, ...] = ()
     limits: tuple[tuple[str, float], ...] = ()
-    unpublished: tuple[str, ...] = ()
+    unpublished: bool = False
 
 
 @dataclass(frozen=True)
@@ -107,12 +108,12 @@ def concurrent_trials(capacity: Capacity, cpus_per_trial: float, gpus_per_trial:
     reason += "".join(f" ({resource}s allow {fit:g})" for fit, resource, _ in limits
                       if resource != binding and not math.isinf(fit))
     if capacity.unpublished:
-        autoscales = f"the cluster autoscales ({', '.join(capacity.unpublished)})"
+        autoscales = "the cluster autoscales"
         if cap:
             return Concurrency(min(cap, trials), f"--max-concurrent {cap}; {autoscales} and places "
                                                  f"{max(1.0, slots):g} on the nodes up now")
-        reason += (f"; {autoscales} but its autoscaler publishes no maximum, so only the nodes up now count: "
-                   "--max-concurrent N runs N at once as nodes join")
+        reason += (f"; {autoscales} but its autoscaler (v1, as ray up runs) publishes no maximum, so only the "
+                   "nodes up now count: --max-concurrent N runs N at once as nodes join")
     count = max(1.0, slots)
     places = "any number" if math.isinf(count) else f"{count:g}"
     if cap and cap < min(count, trials):
@@ -128,11 +129,11 @@ def cluster_capacity() -> Capacity:
 
     resources = ray.cluster_resources()
     groups, limits = _published_groups()
-    unpublished: tuple[str, ...] = ()
-    if not groups:
+    unpublished = False
+    if not groups:  # autoscaler v1 publishes the types of the nodes up only (see _autoscaled_node_types)
         from study.driver import _autoscaled_node_types
 
-        unpublished = tuple(_autoscaled_node_types())
+        unpublished = bool(_autoscaled_node_types())
     return Capacity(float(resources.get("CPU", 0.0)), float(resources.get("GPU", 0.0)), groups, limits,
                     unpublished)
 

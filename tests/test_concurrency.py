@@ -3,6 +3,7 @@ least 1, at most the study's trials, capped by --max-concurrent; and the count a
 
 from __future__ import annotations
 
+from pathlib import Path
 from types import SimpleNamespace
 
 import pytest
@@ -86,11 +87,12 @@ def test_an_autoscaler_limit_and_an_unlimited_group():
 
 
 def test_an_autoscaler_without_published_maxima_counts_the_nodes_up_and_takes_the_cap_as_given():
-    v1 = Capacity(cpus=8, gpus=0, unpublished=("ray.worker.gpu",))
+    v1 = Capacity(cpus=8, gpus=0, unpublished=True)
     default = concurrent_trials(v1, 1, 1, trials=32)
     assert default.trials == 1 and "--max-concurrent N runs N at once as nodes join" in default.reason
     capped = concurrent_trials(v1, 1, 1, trials=32, cap=8)
-    assert capped.trials == 8 and capped.reason.startswith("--max-concurrent 8; the cluster autoscales (ray.worker.gpu)")
+    assert capped.reason == "--max-concurrent 8; the cluster autoscales and places 1 on the nodes up now"
+    assert capped.trials == 8
 
 
 @pytest.mark.parametrize(("cpus_per_trial", "gpus_per_trial", "trials", "cap"),
@@ -110,7 +112,7 @@ def test_the_default_on_a_real_local_ray_is_what_its_cpus_hold(ray_local, capsys
 
     capacity = cluster_capacity()
     assert capacity.cpus == 2.0  # ray_local starts Ray with num_cpus=2
-    assert capacity.groups == () and capacity.unpublished == ()  # a local Ray does not autoscale
+    assert capacity.groups == () and not capacity.unpublished  # a local Ray does not autoscale
     assert capacity.gpus == ray.cluster_resources().get("GPU", 0.0)
     assert searcher_limit(_spec(1.0), trials=32) == 2
     assert searcher_limit(_spec(0.5), trials=32) == 4
@@ -141,3 +143,30 @@ def test_an_autoscaler_v2_cluster_config_is_read_into_node_groups(monkeypatch):
                                 (("GPU", 10.0),))
     assert concurrent_trials(capacity, 1, 1, trials=32).trials == 10  # 6 x 2 GPUs, capped at 10
     assert concurrent_trials(capacity, 1, 0, trials=64).trials == 32  # 8 + 6 x 4 CPUs
+
+
+@pytest.mark.slow
+def test_a_head_only_ray_up_cluster_counts_its_head_and_says_the_cap_is_needed(tmp_path):
+    """cluster.yaml's node types under a real autoscaler v1 (Ray's fake multi-node provider), head only:
+    the driver sees the head's CPUs, no GPUs, and an autoscaler that publishes no maximum."""
+    import subprocess
+    import sys
+
+    from helpers.autoscaling_cluster import HEAD_CPUS, autoscaling_cluster
+
+    script = ("import ray\nray.init(logging_level='ERROR', log_to_driver=False)\n"
+              "from study.resources import cluster_capacity, concurrent_trials\n"
+              "capacity = cluster_capacity()\nprint(repr(capacity))\n"
+              "print(concurrent_trials(capacity, 1, 1, 32).line)\nprint(concurrent_trials(capacity, 1, 1, 32, 6).line)\n")
+    root = str(Path(__file__).resolve().parents[1])
+    with autoscaling_cluster(tmp_path) as cluster:
+        env = {**cluster.env, "PYTHONPATH": root}
+        done = subprocess.run([sys.executable, "-c", script], cwd=root, env=env, capture_output=True, text=True,
+                              timeout=300, check=False)
+    assert done.returncode == 0, done.stdout + done.stderr
+    capacity, default, capped = done.stdout.strip().splitlines()[-3:]
+    assert capacity == f"Capacity(cpus={float(HEAD_CPUS)}, gpus=0.0, groups=(), limits=(), unpublished=True)"
+    assert default.startswith("[noisy-transfer] 1 trial at once: at least one (0 GPUs / 1 GPU per trial")
+    assert "--max-concurrent N runs N at once as nodes join" in default
+    assert capped == ("[noisy-transfer] 6 trials at once: --max-concurrent 6; the cluster autoscales and places 1 "
+                      "on the nodes up now")
