@@ -98,7 +98,7 @@ def concurrent_trials(capacity: Capacity, cpus_per_trial: float, gpus_per_trial:
         raise ValueError(f"need cpus_per_trial > 0, gpus_per_trial >= 0, trials >= 1, cap >= 0; got "
                          f"{cpus_per_trial}, {gpus_per_trial}, {trials}, {cap}")
     per_trial = {"CPU": cpus_per_trial, "GPU": gpus_per_trial}
-    limits = []  # (trials that fit, how counted), per resource a trial asks for
+    limits = []  # (trials that fit, resource, how counted), per resource a trial asks for
     for resource, now in (("CPU", capacity.cpus), ("GPU", capacity.gpus)):
         if per_trial[resource] > 0:
             total, words = _largest(now, capacity, resource)
