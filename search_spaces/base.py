@@ -22,7 +22,11 @@ from dataclasses import dataclass, field
 from types import MappingProxyType
 from typing import Any, Callable, Mapping
 
+import numpy as np
+
 from trainables.config import PretrainFinetuneConfig, PUClassificationConfig, parse_data
+from trainables.data.base import NUM_SOURCE_CLASSES, SegmentationData
+from trainables.data.sources import noisy_pretrain_labels
 
 TRAINABLE_CONFIGS = {
     "pretrain_finetune": PretrainFinetuneConfig,
@@ -167,6 +171,9 @@ def validate_search(preset: Preset, constants: Mapping[str, Any], draws: int = 2
 
     ``draws`` random samples first, then one more for every choice of a categorical parameter they did
     not draw (every loss, say), so each branch of the space is validated whatever the random draws hit.
+    In every draw, each sampled parameter named ``noise_*`` must act: moved to the far end of its range,
+    it must change the noisy pre-training labels of a small fixed sample (:func:`noise_probe_source`),
+    else the space is a ValueError naming the parameter, the draw's other values and the fix.
     Returns the config keys the draws set (the searched parameters), in the order first drawn.
     """
     import optuna
@@ -175,21 +182,89 @@ def validate_search(preset: Preset, constants: Mapping[str, Any], draws: int = 2
     direction = "maximize" if preset.mode == "max" else "minimize"
     study = optuna.create_study(sampler=optuna.samplers.RandomSampler(seed=seed), direction=direction)
     searched: dict[str, None] = {}
-    trials = [_validated_draw(preset, constants, study, searched) for _ in range(draws)]
+    probe = noise_probe_source()
+    trials = [_validated_draw(preset, constants, study, searched, probe) for _ in range(draws)]
     for name, choice in _undrawn_choices(trials):
         study.enqueue_trial({name: choice})
-        _validated_draw(preset, constants, study, searched)
+        _validated_draw(preset, constants, study, searched, probe)
     return tuple(searched)
 
 
-def _validated_draw(preset: Preset, constants: Mapping[str, Any], study: Any, searched: dict[str, None]) -> Any:
-    """Ask ``study`` for one draw of the preset's space, validate the trial config, note its keys."""
+def _validated_draw(preset: Preset, constants: Mapping[str, Any], study: Any, searched: dict[str, None],
+                    probe: SegmentationData) -> Any:
+    """Ask ``study`` for one draw of the preset's space, validate the trial config and that its noise
+    parameters act, note its keys."""
     trial = study.ask()
     extra = preset.optuna_space(trial, constants) or {}
-    TRAINABLE_CONFIGS[preset.trainable].from_dict({**constants, **trial.params, **extra})
+    values = {**constants, **trial.params, **extra}
+    TRAINABLE_CONFIGS[preset.trainable].from_dict(values)
+    _check_noises_act(preset, values, trial.distributions, probe)
     searched.update(dict.fromkeys([*trial.params, *extra]))
     study.tell(trial, 0.0)
     return study.trials[-1]
+
+
+def noise_probe_source(images: int = 10, size: int = 16) -> SegmentationData:
+    """A tiny fixed segmentation sample in the source label space: ``images`` ``(size, size)`` maps with
+    four square objects each (one per quadrant), classes cycling through 1..20, so every fold's 15
+    pre-training classes appear with several objects. Black images: only the labels matter to it."""
+    labels = np.zeros((images, size, size), dtype=np.uint8)
+    instances = np.zeros((images, size, size), dtype=np.uint16)
+    half, margin = size // 2, size // 8
+    for image in range(images):
+        for quadrant in range(4):
+            rows = slice((quadrant // 2) * half + margin, (quadrant // 2 + 1) * half - margin)
+            columns = slice((quadrant % 2) * half + margin, (quadrant % 2 + 1) * half - margin)
+            labels[image, rows, columns] = (4 * image + quadrant) % NUM_SOURCE_CLASSES + 1
+            instances[image, rows, columns] = quadrant + 1
+    names = ("background",) + tuple(f"class{c}" for c in range(1, NUM_SOURCE_CLASSES + 1))
+    return SegmentationData(np.zeros((images, 3, size, size), dtype=np.uint8), labels, instances, names)
+
+
+def _check_noises_act(preset: Preset, values: Mapping[str, Any], distributions: Mapping[str, Any],
+                      probe: SegmentationData) -> None:
+    """Raise a ValueError when a sampled noise parameter (``noise_*`` in ``distributions``) of the draw
+    ``values`` cannot change the noisy pre-training labels of ``probe``: its value and the far end of its
+    range give identical maps."""
+    noises = [name for name in distributions if name.startswith("noise_")]
+    if not noises:
+        return
+    config_cls = TRAINABLE_CONFIGS[preset.trainable]
+    if config_cls is not PretrainFinetuneConfig:
+        raise ValueError(f"search preset {preset.name}: {noises[0]} is a noise parameter, but trainable "
+                         f"{preset.trainable} has no noisy labels; do not suggest it")
+    observed = noisy_pretrain_labels(config_cls.from_dict(values), probe)
+    for name in noises:
+        other = _far_value(distributions[name], values[name])
+        if not np.array_equal(observed, noisy_pretrain_labels(config_cls.from_dict({**values, name: other}), probe)):
+            continue
+        others = ", ".join(f"{key}={values[key]!r}" for key in _context_keys(values, name, distributions))
+        raise ValueError(
+            f"search preset {preset.name}: {name} cannot change the noisy pre-training labels where {others}: "
+            f"{name}={values[name]!r} and {name}={other!r} give identical label maps, so the search would "
+            f"tune an inert axis. Suggest {name} only where it acts (define-by-run: inside the branch of "
+            f"the parameters that let it act, e.g. only for the label transforms that keep what it changes)")
+
+
+def _far_value(distribution: Any, value: Any) -> Any:
+    """The value of ``distribution`` farthest from ``value``: the end of a numeric range farther away, or
+    another choice of a categorical one. Raises ValueError for a range with one value."""
+    choices = getattr(distribution, "choices", None)
+    if choices is not None:
+        others = [choice for choice in choices if choice != value]
+    else:
+        others = [end for end in (distribution.low, distribution.high) if end != value]
+        others.sort(key=lambda end: -abs(end - value))
+    if not others:
+        raise ValueError(f"{distribution} holds one value only ({value!r}): nothing to search")
+    return others[0]
+
+
+def _context_keys(values: Mapping[str, Any], name: str, distributions: Mapping[str, Any]) -> list[str]:
+    """The keys to name next to ``name`` in its error: the draw's other sampled parameters, then the
+    fixed pre-training label settings (the transform, the other noises) that decide what a noise can do."""
+    fixed = [key for key in values if key.startswith("noise_") or key in ("label_transform", "num_groups")]
+    return [key for key in dict.fromkeys([*distributions, *fixed]) if key != name]
 
 
 def _undrawn_choices(trials: list[Any]) -> list[tuple[str, Any]]:

@@ -29,6 +29,7 @@ from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
 from study.progress import StudyProgress, quiet_libraries, ray_console
 from study.relocate import artifact_location, relocate
+from study.resources import grid_limit, searcher_limit
 from study.spec import Secrets, StudyError, StudySpec
 from study.tracking import (
     MLflowTrials,
@@ -87,7 +88,7 @@ def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], st
         storage=storage,
         study_name=spec.name,
     )
-    return ConcurrencyLimiter(searcher, max_concurrent=spec.max_concurrent or 2)
+    return ConcurrencyLimiter(searcher, max_concurrent=searcher_limit(spec, spec.search_samples))
 
 
 def make_scheduler(preset: Preset, constants: dict[str, Any]) -> Any:
@@ -370,7 +371,7 @@ def search_setup(study: OpenStudy) -> tuple[dict[str, Any], Any]:
                   "scheduler": make_scheduler(preset, param_space), "num_samples": study.expected_trials}
     else:
         param_space = grid_param_space(study.configs)
-        search = {"max_concurrent_trials": spec.max_concurrent or None}
+        search = {"max_concurrent_trials": grid_limit(spec, len(study.configs))}
     tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode, **search)
     tune_config.reuse_actors = True  # a worker runs trial after trial (runtime.begin_trial resets it)
     return param_space, tune_config

@@ -114,7 +114,10 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--folds", default=None, help="comma-separated folds from 1..4, e.g. 1,3")
     parser.add_argument("--cpus-per-trial", type=float, default=1.0)
     parser.add_argument("--gpus-per-trial", type=float, default=0.0, help="fractions share a GPU, e.g. 0.25")
-    parser.add_argument("--max-concurrent", type=int, default=0, help="trials at once (default: as resources allow)")
+    parser.add_argument("--max-concurrent", type=int, default=0,
+                        help="at most N trials at once (default 0: as many as the cluster can place, "
+                        "floor(CPUs / --cpus-per-trial) and floor(GPUs / --gpus-per-trial), counting an "
+                        "autoscaling cluster at its published maximum; the study prints the count and why)")
     parser.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe | qmc | random")
     parser.add_argument("--imagenet-weights", default="", help="local torchvision AlexNet state dict "
                         "(adds the ImageNetModel baseline)")

@@ -88,7 +88,8 @@ def test_the_search_draws_exactly_the_loss_parameter_of_the_table_inside_its_ran
         study.enqueue_trial({"loss": loss})
         trial = study.ask()
         space(trial, constants)
-        drawn = set(trial.params) - {"noise_unsegment", "noise_misclassify", "loss", "warmup_epochs", "lr_pretrain"}
+        drawn = set(trial.params) - {"noise_unsegment", "noise_misclassify", "label_transform", "loss",
+                                     "warmup_epochs", "lr_pretrain"}
         assert drawn == set(parameter_names(loss))
         if LOSSES[loss] is not None:
             low, high = LOSSES[loss].searched

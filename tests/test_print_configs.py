@@ -16,8 +16,8 @@ from study.run import main
 from study.spec import parse_spec
 
 ROOT = Path(__file__).resolve().parents[1]
-SEARCHED = {"noise_unsegment", "noise_misclassify", "loss", "q", "beta", "gamma", "prior", "warmup_epochs",
-            "lr_pretrain"}
+SEARCHED = {"noise_unsegment", "noise_misclassify", "label_transform", "loss", "q", "beta", "gamma", "prior",
+            "warmup_epochs", "lr_pretrain"}
 
 
 def _printed(argv: list[str], capsys) -> str:
@@ -85,11 +85,12 @@ def test_the_search_preset_names_the_keys_optuna_draws(tmp_path, capsys):
     text = _printed(["--preset", "search", "--smoke", "--output", str(tmp_path / "out")], capsys)
     assert text.splitlines()[0] == ("search (smoke) on synthetic: 4 trials drawn by Optuna (tpe), each this "
                                     "config with the searched keys drawn per trial")
-    assert ("searched per trial: noise_unsegment, noise_misclassify, loss, q, beta, gamma, prior, "
-            "warmup_epochs, lr_pretrain") in text.splitlines()
+    assert ("searched per trial: noise_unsegment, noise_misclassify, label_transform, loss, q, beta, gamma, "
+            "prior, warmup_epochs, lr_pretrain") in text.splitlines()
     _, shared = _parse(text)
-    assert "lr_pretrain" not in shared and "loss" not in shared  # drawn, so not shown as shared
-    assert shared["label_transform"] == "binarize" and shared["class_weighting"] == "True"
+    # drawn, so not shown as shared
+    assert "lr_pretrain" not in shared and "loss" not in shared and "label_transform" not in shared
+    assert shared["class_weighting"] == "True"
 
 
 def test_what_learning_rate_table1_runs_is_one_command(tmp_path, capsys):

@@ -167,3 +167,17 @@ def load_task_data(cfg: PretrainFinetuneConfig) -> TaskData:
         pretrain_test=SegmentationDataset(view("test", "pretrain"), label_transform=transform,
                                           num_classes=num_pretrain),
     )
+
+
+def noisy_pretrain_labels(cfg: PretrainFinetuneConfig, data: SegmentationData) -> np.ndarray:
+    """The ``(N, H, W)`` uint8 observed labels the pre-training training set of ``cfg`` would hold if its
+    source training split were ``data`` (source label space 0..20, 255): the fold's pre-training view, then
+    ``pretrain_noise`` drawn from ``cfg.seed`` and ``pretrain_transform``, through the very
+    ``SegmentationDataset`` that :func:`load_task_data` builds. ``N`` counts the images of ``data`` that
+    hold a pre-training class. Pure and cheap on a few small images: the search space check
+    (``search_spaces.base.validate_search``) compares these maps across noise parameter values.
+    """
+    view = task_view(data, cfg.fold, "pretrain", data.class_names)
+    dataset = SegmentationDataset(view, noise=pretrain_noise(cfg), label_transform=pretrain_transform(cfg),
+                                  seed=cfg.seed, num_classes=pretrain_classes(cfg))
+    return dataset.labels
