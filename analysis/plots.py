@@ -375,15 +375,18 @@ def _phases_reporting(study: Study, metric: str) -> list[str]:
 
 def search_curves(study: Study, path: str | Path | None = None, panel_size: tuple[float, float] = (5, 4)) -> Figure:
     """The search's test score (mean of the last 5 fine-tuning test mean IUs) against each (binned) noise
-    rate, one line per loss, std over the bin's complete trials as error bars."""
+    rate, one line per loss and label transform, std over the bin's complete trials as error bars."""
     by_noise = search_summary(study).by_noise
     noises = [n for n in SEARCH_NOISE_PARAMS if n in set(by_noise["noise"])] or list(SEARCH_NOISE_PARAMS[:1])
     fig = Figure(figsize=(panel_size[0] * len(noises), panel_size[1]))
     axes = np.atleast_1d(fig.subplots(1, len(noises)))
     for ax, noise in zip(axes, noises):
-        for loss, curve in by_noise[by_noise["noise"] == noise].groupby("loss", sort=True):
+        choices = [c for c in ("loss", "label_transform") if c in by_noise.columns]
+        for key, curve in by_noise[by_noise["noise"] == noise].groupby(choices, sort=True):
+            key = key if isinstance(key, tuple) else (key,)
+            label = str(key[0]) + (f" ({key[1]})" if len(key) > 1 else "")  # loss (label transform)
             ax.errorbar(curve["rate"], curve["mean"], yerr=curve["std"].fillna(0.0), marker="o", capsize=3,
-                        label=str(loss))
+                        label=label)
         ax.set(xlabel=f"{noise} (bin centre)", ylabel="test mean IU (last 5)", xlim=(-0.05, 1.05), title=noise)
         _legend(ax, fontsize="small")
     fig.tight_layout()

@@ -89,11 +89,12 @@ class SearchSummary:
     first: trial_id, its scientific and nuisance settings, ``val_objective`` (the ``objective`` it was
     chosen by: mean of its last 5 fine-tuning validation mean IUs) and ``test_score`` (the mean of its
     last 5 fine-tuning test mean IUs, what Table 1 pools).
-    by_noise: per noise parameter, binned rate and loss (columns noise, bin, rate (bin centre), loss,
-    val_mean, mean, std, n_trials, too_few): ``mean`` and ``std`` are of ``test_score``; bins are
-    [low, high) and the last one includes 1.
-    best: per noise parameter, bin and loss, the trial with the best validation objective, with its
-    settings, ``val_objective`` and ``test_score``.
+    by_noise: per noise parameter, binned rate, label transform and loss (columns noise, bin, rate (bin
+    centre), label_transform, loss, val_mean, mean, std, n_trials, too_few): ``mean`` and ``std`` are of
+    ``test_score``; bins are [low, high) and the last one includes 1. A trial counts for a noise
+    parameter only where that parameter acts (:func:`acts`).
+    best: per noise parameter, bin, label transform and loss, the trial with the best validation
+    objective, with its settings, ``val_objective`` and ``test_score``.
     importances: Optuna's parameter importances (param, importance), empty when unavailable.
     notes: what was left out and why.
     """
@@ -128,6 +129,13 @@ def search_trials(study: Study) -> tuple[pd.DataFrame, int]:
     return kept[["trial_id", *settings, *SEARCH_SCORES]].reset_index(drop=True), int((~complete).sum())
 
 
+def acts(noise: str, trial: Mapping[str, object]) -> bool:
+    """Whether noise parameter ``noise`` acted in ``trial``: binarizing erases misclassification (it only
+    permutes classes 1..15), so the search draws it only without a transform and a binarized trial's
+    ``noise_misclassify`` (the config default) is no measurement of that axis."""
+    return not (noise == "noise_misclassify" and trial.get("label_transform") == "binarize")
+
+
 def search_summary(study: Study, bins: int = SEARCH_BINS) -> SearchSummary:
     """Summarise a search study: every complete trial's validation objective and test score, the test
     score against each noise rate per loss (``bins`` equal bins of [0, 1]), the best settings per noise
@@ -139,30 +147,33 @@ def search_summary(study: Study, bins: int = SEARCH_BINS) -> SearchSummary:
     centres = np.round((edges[:-1] + edges[1:]) / 2, 10)  # 0.1, not 0.1000000001, as a table key
     labels = [f"[{low:.2f}, {high:.2f}{']' if high == 1.0 else ')'}" for low, high in zip(edges[:-1], edges[1:])]
     settings = [c for c in trials.columns if c not in ("trial_id", *SEARCH_SCORES)]
+    # The label transform is a scientific choice of the search: curves and winners are per transform.
+    choices = [c for c in ("label_transform", "loss") if c in trials.columns]
     by_noise, best = [], []
     for noise in (p for p in SEARCH_NOISE_PARAMS if p in trials.columns):
-        index = np.clip(np.searchsorted(edges, trials[noise].to_numpy(dtype=float), side="right") - 1, 0, bins - 1)
-        binned = trials.assign(noise=noise, bin=np.asarray(labels)[index], rate=centres[index])
-        grouped = binned.groupby(["noise", "bin", "rate", "loss"])
+        acting = trials[[acts(noise, row) for row in trials.to_dict("records")]]
+        index = np.clip(np.searchsorted(edges, acting[noise].to_numpy(dtype=float), side="right") - 1, 0, bins - 1)
+        binned = acting.assign(noise=noise, bin=np.asarray(labels)[index], rate=centres[index])
+        grouped = binned.groupby(["noise", "bin", "rate", *choices])
         frame = grouped.agg(val_mean=("val_objective", "mean"), mean=("test_score", "mean"),
                             std=("test_score", lambda v: v.std(ddof=STD_DDOF)),
                             n_trials=("test_score", "count")).reset_index()
         by_noise.append(frame.assign(too_few=frame["n_trials"] < MIN_SEEDS))
-        winners = binned.loc[binned.groupby(["bin", "loss"])["val_objective"].idxmax()]  # chosen by validation
-        best.append(winners[["noise", "bin", "rate", "trial_id", *SEARCH_SCORES,
-                             *(c for c in settings if c not in ("loss", noise)), "loss"]])
+        winners = binned.loc[binned.groupby(["bin", *choices])["val_objective"].idxmax()]  # chosen by validation
+        best.append(winners[["noise", "bin", "rate", *choices, "trial_id", *SEARCH_SCORES,
+                             *(c for c in settings if c not in (*choices, noise))]])
     notes = [] if len(trials) and by_noise else [
         f"no complete trials with an objective and a noise rate ({', '.join(SEARCH_NOISE_PARAMS)})"]
     if stopped:
         notes.append(f"{stopped} trial(s) stopped early by the scheduler are left out of these tables "
                      "(their scores cover fewer fine-tuning epochs)")
     importances, importance_note = optuna_importances(study)
-    by_noise_columns = ["noise", "bin", "rate", "loss", "val_mean", "mean", "std", "n_trials", "too_few"]
+    by_noise_columns = ["noise", "bin", "rate", *choices, "val_mean", "mean", "std", "n_trials", "too_few"]
     return SearchSummary(
         trials=trials,
         by_noise=(pd.concat(by_noise, ignore_index=True) if by_noise else pd.DataFrame(columns=by_noise_columns))
-        .sort_values(["noise", "rate", "loss"], kind="stable").reset_index(drop=True),
-        best=pd.concat(best, ignore_index=True).sort_values(["noise", "rate", "loss"]).reset_index(drop=True) if best
+        .sort_values(["noise", "rate", *choices], kind="stable").reset_index(drop=True),
+        best=pd.concat(best, ignore_index=True).sort_values(["noise", "rate", *choices]).reset_index(drop=True) if best
         else pd.DataFrame(columns=["noise", "bin", "rate", "trial_id", *SEARCH_SCORES]),
         importances=importances,
         notes=tuple(notes + ([importance_note] if importance_note else [])),

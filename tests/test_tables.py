@@ -419,3 +419,21 @@ def test_study_from_mlflow_gives_the_parquet_table1(tmp_path):
     assert mlflow_study.trials["q"].isna().all() and mlflow_study.trials["fold"].dtype == np.int64
     with pytest.raises(ValueError, match="experiment_name 'other' is not an experiment"):
         study_from_mlflow(uri, "other")
+
+
+def test_search_summary_counts_misclassification_only_where_it_acted(tmp_path):
+    # Binarizing erases misclassification: a binarized trial's noise_misclassify (the default 0.0) is no
+    # measurement of that axis, so it joins the unsegment tables only; curves and winners are per transform.
+    study = search_study(tmp_path, with_optuna=False)
+    trials = study.trials.assign(label_transform=["none", "binarize", "none", "none"],
+                                 noise_misclassify=[0.05, 0.0, 0.95, 0.55])
+    folder = write_study(tmp_path / "search2", trials, study.history, study.meta)
+    summary = search_summary(load_study(folder), bins=5)
+    misclassify = summary.by_noise[summary.by_noise["noise"] == "noise_misclassify"]
+    assert misclassify["n_trials"].sum() == 3 and set(misclassify["label_transform"]) == {"none"}
+    unsegment = summary.by_noise[summary.by_noise["noise"] == "noise_unsegment"]
+    assert unsegment["n_trials"].sum() == 4
+    low = unsegment[unsegment["rate"] == 0.1].set_index("label_transform")["n_trials"]
+    assert low.to_dict() == {"binarize": 1, "none": 1}
+    best = summary.best[summary.best["noise"] == "noise_unsegment"]
+    assert len(best[best["rate"] == 0.1]) == 2  # one winner per transform
