@@ -224,6 +224,9 @@ class PretrainFinetuneConfig:
     momentum: float = spec(float, lo=0.0, hi=1.0, default=0.9, pretrain=True, doc="sgd only")
     weight_decay: float = spec(float, lo=0.0, hi=1.0, default=RECOMMENDED_OPTIM["weight_decay"], pretrain=True)
     batch_size: int = spec(int, lo=1, hi=4096, default=RECOMMENDED_OPTIM["batch_size"], pretrain=True)
+    transfer_probe: bool = spec(bool, default=False, pretrain=True,
+                                doc="score a linear probe of g on the fine-tuning validation split at the "
+                                    "scheduler's pre-training rungs (trainables.probe)")
     eval_interval: int = spec(int, lo=1, default=1,
                               doc="fine-tuning epochs between validation and test evaluations")
     objective_last_k: int = spec(int, lo=1, default=5,
@@ -286,6 +289,9 @@ class PretrainFinetuneConfig:
                 )
         elif self.imagenet_weights:
             raise ValueError(f"{cls}: imagenet_weights is only used with init='imagenet'")
+        if self.transfer_probe and not self.pretrains:
+            raise ValueError(f"{cls}: transfer_probe=True needs init='pretrain' (there is no pre-training to "
+                             f"probe with init={self.init!r})")
         if self.warmup_epochs > self.epochs_pretrain:
             raise ValueError(
                 f"{cls}: warmup_epochs={self.warmup_epochs} exceeds epochs_pretrain={self.epochs_pretrain}"

@@ -72,9 +72,11 @@ class SplitModel(nn.Module):
         if self.dense and min(x.shape[-2:]) < self.min_size:
             raise ValueError(f"input height and width must be >= {self.min_size}, got {tuple(x.shape[-2:])}")
         logits = self.head(self.features(x))
-        if not self.dense:
-            return logits
-        height, width = x.shape[-2:]
+        return self.resample(logits, tuple(x.shape[-2:])) if self.dense else logits
+
+    def resample(self, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+        """The head's ``(N, C, h, w)`` logits on the ``size = (H, W)`` input grid: ``(N, C, H, W)``."""
+        height, width = size
         rows = _interpolation_matrix(height, logits.shape[-2], self.stride, self.offset)
         cols = _interpolation_matrix(width, logits.shape[-1], self.stride, self.offset)
         rows, cols = rows.to(logits), cols.to(logits)

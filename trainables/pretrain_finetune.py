@@ -27,6 +27,13 @@ Reports, one per epoch, through the ``report`` callable (Ray: :func:`ray.tune.re
 ``pretrain/train_loss``     mean training loss of the epoch (pre-training)
 ``pretrain/val_mean_iu``    mean IU on the clean validation labels of the pre-training task
 ``pretrain/cache_hit``      1 when the pre-trained extractor came from the cache (epochs replayed)
+``probe/val_mean_iu``      ``transfer_probe`` on, probe epochs only (:func:`trainables.probe.probe_epochs`):
+                            mean IU on the fine-tuning validation split of a fresh head trained on
+                            this epoch's frozen g; ``probe/seconds`` is what the probe cost
+``scheduler/score``        what the search's scheduler compares at a rung: ``probe/val_mean_iu`` in
+                            pre-training (NaN on epochs without a probe), the latest
+                            ``finetune/val_mean_iu`` in fine-tuning (not ``objective``'s mean over
+                            the last k epochs, which would punish slow starters at an early rung)
 ``pretrain/test_mean_iu``   last pre-training epoch only: the pre-training task's test scores on
                             clean (transformed) labels, also ``test_mean_acc``, ``test_pixel_acc``,
                             ``test_fw_iu`` (thesis Table 3)
@@ -68,6 +75,7 @@ from trainables.epochs import EpochResult, EpochTrainer, Evaluation, every, on_e
 from trainables.losses import frequency_class_weights, make_loss
 from trainables.models import build_model, reset_head, transfer_features
 from trainables.pretrain_cache import cached_pretraining
+from trainables.probe import probe_epochs, transfer_probe
 from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, current_trial_id,
                                place_model, select_device, stream_seed, tune_reporter)
 
@@ -81,9 +89,9 @@ PRETRAIN_TEST_METRICS = tuple(f"pretrain/test_{name}" for name in TEST_SCORES)
 # Exactly the keys of each report (the last pre-training report adds PRETRAIN_TEST_METRICS).
 REPORT_KEYS = {
     "pretrain": ("phase", "pretrain/epoch", "epoch_total", "pretrain/train_loss",
-                 "pretrain/val_mean_iu", "pretrain/cache_hit", "objective"),
+                 "pretrain/val_mean_iu", "pretrain/cache_hit", "scheduler/score", "objective"),
     "finetune": ("phase", "finetune/epoch", "epoch_total", "finetune/train_loss",
-                 *FINETUNE_VAL_METRICS, *FINETUNE_TEST_METRICS, "pretrain/cache_hit", "objective"),
+                 *FINETUNE_VAL_METRICS, *FINETUNE_TEST_METRICS, "pretrain/cache_hit", "scheduler/score", "objective"),
 }
 NUM_SAMPLES = 4  # example images kept in the final checkpoint for the MLflow sample figure
 INIT_SOURCES = ("random", "imagenet", "cache", "checkpoint", "pretrained")
@@ -93,6 +101,8 @@ TORCH_STREAM = {"pretrain": "pretrain-init", "finetune": "finetune-init"}  # tor
 WEIGHTS_STREAM = {"pretrain": "pretrain-weights", "finetune": "finetune-weights"}  # initial weights
 BATCH_ORDER_STREAM = {"pretrain": "pretrain", "finetune": "finetune"}  # batch order and augmentation
 HEAD_STREAM = "head"  # the fine-tuning head's Xavier re-initialisation
+PROBE_STREAM = "probe-head"  # the transfer probe's fresh head (the same draw at every probe epoch)
+PROBE_METRICS = ("probe/val_mean_iu", "probe/seconds")  # probe epochs of a trial with transfer_probe on
 
 
 def pretrain_finetune(config: dict[str, Any]) -> None:
@@ -204,6 +214,7 @@ def pretrain(
         Evaluation("val", every(1, cfg.epochs_pretrain), lambda: _score(phase.model, val, device)),
         # the pre-training task's own test scores, on its clean (transformed) labels (thesis Table 3)
         Evaluation("test", on_epochs(cfg.epochs_pretrain), lambda: _score(phase.model, test, device)),
+        *([_probe_evaluation(cfg, data, phase.model, device)] if cfg.transfer_probe else []),
     ]
     finished: list[Checkpoint] = []
 
@@ -211,6 +222,8 @@ def pretrain(
         metrics = {"pretrain/train_loss": result.train_loss, "pretrain/val_mean_iu": result.scores["val"]["mean_iu"]}
         if "test" in result.scores:
             metrics.update({f"pretrain/test_{name}": result.scores["test"][name] for name in TEST_SCORES})
+        if "probe" in result.scores:
+            metrics.update({f"probe/{name}": result.scores["probe"][name] for name in ("val_mean_iu", "seconds")})
         history.append(metrics)
         base = {"config": cfg.to_dict(), "phase": "pretrain", "epoch": result.epoch, "cache_hit": False,
                 "history": list(history)}
@@ -225,6 +238,19 @@ def pretrain(
 
     run_epochs(trainer, evaluations, record, report, done=resume.epoch if resume else 0, epochs=cfg.epochs_pretrain)
     return finished[0]
+
+
+def _probe_evaluation(cfg: PretrainFinetuneConfig, data: TaskData, model: torch.nn.Module,
+                      device: torch.device) -> Evaluation:
+    """The transfer probe at :func:`probe_epochs`: g of ``model`` frozen, a fresh fine-tuning-shaped head
+    trained on the fine-tuning training split, scored on its validation split (never the test split)."""
+    generator = torch.Generator().manual_seed(stream_seed(cfg.seed, PROBE_STREAM))
+    shape = place_model(build_model(cfg.model, data.finetune_train.num_classes, generator=generator,
+                                    **_model_kwargs(cfg)), device)
+    train, val = _eval_loader(cfg, data.finetune_train, device), _eval_loader(cfg, data.finetune_val, device)
+    seed = stream_seed(cfg.seed, PROBE_STREAM)
+    return Evaluation("probe", on_epochs(*probe_epochs(cfg.epochs_pretrain, cfg.epochs_finetune)),
+                      lambda: transfer_probe(model, shape, train, val, seed=seed))
 
 
 def _pretrain_losses(cfg: PretrainFinetuneConfig, train_set: Any, device: torch.device) -> Callable[[int], Any]:
@@ -246,6 +272,7 @@ def _pretrain_metrics(epoch: int, metrics: dict[str, float], *, cache_hit: bool)
         "epoch_total": epoch,
         **metrics,
         "pretrain/cache_hit": int(cache_hit),
+        "scheduler/score": metrics.get("probe/val_mean_iu", math.nan),
         "objective": math.nan,
     }
 
@@ -315,6 +342,7 @@ def _finetune_metrics(cfg: PretrainFinetuneConfig, result: EpochResult, evals: l
         "finetune/train_loss": result.train_loss,
         **latest,
         "pretrain/cache_hit": int(init.cache_hit),
+        "scheduler/score": evals[-1][OBJECTIVE_SOURCE] if evals else math.nan,  # the latest, not a mean
         "objective": objective(evals, cfg.objective_last_k),
     }
 
