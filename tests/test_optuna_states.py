@@ -1,0 +1,234 @@
+"""Optuna states that tell the truth: a trial the scheduler stopped is PRUNED with intermediate values at the
+scheduler's clock, an errored one FAIL, a finished one COMPLETE with its final objective; Optuna trials and
+MLflow child runs name each other, also across --resume.
+
+The rule and the searcher's hooks are checked directly (exact states for given reports); the end-to-end
+tests run real small searches through ``study/run.py``'s ``main``: a test preset, smoke-sized with three
+fine-tuning epochs, so ASHA (grace period 1, reduction factor 3) stops trials at fine-tuning epoch 1, and a
+define-by-run space that makes one trial fail for real (its data cache is a regular file).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import pickle
+import sys
+import textwrap
+import warnings
+from pathlib import Path
+from types import SimpleNamespace
+from typing import Any
+
+import numpy as np
+import optuna
+import pandas as pd
+import pytest
+from mlflow.tracking import MlflowClient
+
+from search_spaces.base import SEGMENTATION_SMOKE
+from study.optuna_resume import ResumableOptunaSearch
+from study.optuna_search import (
+    MLFLOW_RUN_ID_ATTR,
+    OPTUNA_NUMBER_TAG,
+    RAY_TRIAL_ID_ATTR,
+    OptunaLink,
+    intermediate_value,
+    optuna_storage_url,
+    trial_state,
+)
+
+CLOCK, METRIC, MAX_T = "finetune/epoch", "objective", 3
+RULE = {"metric": METRIC, "time_attr": CLOCK, "max_t": MAX_T}
+
+
+def finetune(epoch: int, objective: float) -> dict[str, Any]:
+    return {"phase": "finetune", CLOCK: epoch, "epoch_total": 1 + epoch, METRIC: objective, "training_iteration": 1 + epoch}
+
+
+PRETRAIN = {"phase": "pretrain", "pretrain/epoch": 1, "epoch_total": 1, METRIC: math.nan, "training_iteration": 1}
+
+
+# --- the rule ---------------------------------------------------------------------------------------
+
+@pytest.mark.parametrize("result, error, expected", [
+    (finetune(3, 0.4), True, ("FAIL", None)),  # an error wins over a full last report
+    (None, True, ("FAIL", None)),
+    (None, False, ("PRUNED", None)),  # removed before it reported (stopped while pending)
+    (PRETRAIN, False, ("PRUNED", None)),  # stopped before fine-tuning: no clock
+    (finetune(1, 0.25), False, ("PRUNED", None)),  # ASHA stopped it at the first rung
+    (finetune(2, 0.25), False, ("PRUNED", None)),
+    (finetune(3, 0.375), False, ("COMPLETE", 0.375)),
+    ({**finetune(3, 0.5), CLOCK: np.int64(3), METRIC: np.float32(0.5)}, False, ("COMPLETE", 0.5)),
+    (finetune(4, 0.5), False, ("COMPLETE", 0.5)),  # past max_t counts as the end
+    (finetune(3, math.nan), False, ("FAIL", None)),  # ran to the end, measured nothing comparable
+    ({k: v for k, v in finetune(3, 0.5).items() if k != METRIC}, False, ("FAIL", None)),
+    ({**finetune(3, 0.5), CLOCK: True}, False, ("PRUNED", None)),  # a bool is no clock value
+])
+def test_the_state_rule_gives_exact_states_and_values(result, error, expected):
+    assert trial_state(result, error, **RULE) == expected
+
+
+@pytest.mark.parametrize("result, expected", [
+    (PRETRAIN, None),  # no clock: never a pre-training step
+    ({**PRETRAIN, METRIC: 0.3}, None),
+    (finetune(2, math.nan), None),  # never NaN
+    (finetune(2, math.inf), None),
+    ({k: v for k, v in finetune(2, 0.5).items() if k != METRIC}, None),
+    (finetune(2, 0.5), (2, 0.5)),  # the step is the clock, not training_iteration (3)
+    ({**finetune(2, 0.5), CLOCK: np.int64(2)}, (2, 0.5)),
+    (None, None),
+])
+def test_intermediate_values_are_finite_and_at_the_schedulers_clock(result, expected):
+    assert intermediate_value(result, METRIC, CLOCK) == expected
+
+
+# --- the searcher's hooks, without Ray ----------------------------------------------------------------
+
+def _space(trial: optuna.Trial) -> None:
+    trial.suggest_float("lr", 1e-4, 1e-1, log=True)
+
+
+def _search(tmp_path: Path, name: str = "s") -> ResumableOptunaSearch:
+    storage = optuna.storages.RDBStorage(optuna_storage_url(tmp_path))
+    return ResumableOptunaSearch(space=_space, metric=METRIC, mode="max", sampler=optuna.samplers.RandomSampler(seed=0),
+                                 storage=storage, study_name=name, time_attr=CLOCK, max_t=MAX_T)
+
+
+def _stored(tmp_path: Path, name: str = "s") -> dict[str, optuna.trial.FrozenTrial]:
+    study = optuna.load_study(study_name=name, storage=optuna_storage_url(tmp_path))
+    return {t.user_attrs[RAY_TRIAL_ID_ATTR]: t for t in study.get_trials()}
+
+
+def test_the_searcher_tells_pruned_complete_and_fail_with_clock_steps(tmp_path):
+    search = _search(tmp_path)
+    for trial_id in ("stopped", "finished", "errored"):
+        search.suggest(trial_id)
+        search.on_trial_result(trial_id, PRETRAIN)
+    search.on_trial_result("stopped", finetune(1, 0.2))
+    # Ray hands the report the scheduler stopped a trial at to on_trial_complete only
+    search.on_trial_complete("stopped", result=finetune(2, 0.1))
+    for epoch, value in ((1, 0.3), (2, 0.4), (2, 0.9), (3, 0.5)):  # (2, 0.9): a retry re-reports epoch 2
+        search.on_trial_result("finished", finetune(epoch, value))
+    search.on_trial_complete("finished", result=finetune(3, 0.5))
+    search.on_trial_result("errored", finetune(1, 0.6))
+    search.on_trial_complete("errored", error=True)
+    search.on_trial_complete("errored", error=True)  # a second end is ignored, not an Optuna error
+
+    stored = _stored(tmp_path)
+    assert (stored["stopped"].state.name, stored["stopped"].intermediate_values) == ("PRUNED", {1: 0.2, 2: 0.1})
+    assert stored["stopped"].value == 0.1, "Optuna gives a pruned trial its last intermediate value"
+    assert stored["finished"].state.name == "COMPLETE" and stored["finished"].value == 0.5
+    assert stored["finished"].intermediate_values == {1: 0.3, 2: 0.4, 3: 0.5}, "the first report of a step stays"
+    assert (stored["errored"].state.name, stored["errored"].value) == ("FAIL", None)
+    assert stored["errored"].intermediate_values == {1: 0.6}
+
+
+def test_a_restored_search_keeps_told_states_and_tells_the_rest(tmp_path):
+    search = _search(tmp_path)
+    for trial_id in ("a", "b"):
+        search.suggest(trial_id)
+        search.on_trial_result(trial_id, finetune(1, 0.3))
+    search.save(str(tmp_path / "searcher.pkl"))  # Ray's snapshot: neither trial has ended
+    search.on_trial_complete("a", result=finetune(1, 0.3))  # told after the snapshot, then the driver dies
+
+    restored = _search(tmp_path)
+    restored.restore(str(tmp_path / "searcher.pkl"))
+    restored.on_trial_result("a", finetune(2, 0.35))  # Ray re-runs "a" from its checkpoint
+    restored.on_trial_complete("a", result=finetune(3, 0.4))
+    restored.on_trial_result("b", finetune(1, 0.7))  # already stored: kept as first reported
+    restored.on_trial_result("b", finetune(2, 0.8))
+    restored.on_trial_complete("b", result=finetune(3, 0.9))
+    stored = _stored(tmp_path)
+    assert stored["a"].state.name == "PRUNED" and stored["a"].intermediate_values == {1: 0.3}, (
+        "a finished Optuna trial keeps its state; Optuna cannot change it")
+    assert stored["b"].state.name == "COMPLETE" and stored["b"].value == 0.9
+    assert stored["b"].intermediate_values == {1: 0.3, 2: 0.8, 3: 0.9}
+    assert len(stored) == 2
+
+
+def test_an_adopted_orphan_names_its_new_ray_trial(tmp_path):
+    search = _search(tmp_path)
+    search.suggest("ray-1")
+    orphan = optuna.load_study(study_name="s", storage=optuna_storage_url(tmp_path)).ask()
+    orphan.suggest_float("lr", 1e-4, 1e-1, log=True)  # drawn for a Ray trial the killed driver never recorded
+    orphan.set_user_attr(RAY_TRIAL_ID_ATTR, "killed-driver-trial")
+    search._orphans = [orphan._trial_id]
+    search.suggest("ray-2")
+    stored = _stored(tmp_path)
+    assert stored["ray-2"].number == orphan.number and "killed-driver-trial" not in stored
+
+
+def test_tpe_is_multivariate_grouped_with_a_constant_liar_and_warns_nothing():
+    from study.driver import make_sampler
+
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        sampler = make_sampler("tpe")
+    assert sampler._multivariate and sampler._group and sampler._constant_liar
+    assert isinstance(make_sampler("random"), optuna.samplers.RandomSampler)
+
+
+# --- the links --------------------------------------------------------------------------------------
+
+def test_the_link_writes_the_run_id_into_the_running_trial_and_returns_its_number(tmp_path):
+    search = _search(tmp_path)
+    search.suggest("ray-a")
+    search.suggest("ray-b")
+    link = OptunaLink(optuna_storage_url(tmp_path), "s")
+    assert link.link_run("ray-b", "run-b") == 1
+    assert link.link_run("nobody", "run-x") is None
+    copy = pickle.loads(pickle.dumps(link))  # Ray pickles callbacks: the link travels without its engine
+    assert copy._storage is None and copy.link_run("ray-a", "run-a") == 0
+    search.on_trial_complete("ray-a", error=True)
+    assert link.link_run("ray-a", "run-late") == 0, "a finished trial still gives its number"
+    stored = _stored(tmp_path)
+    assert stored["ray-a"].user_attrs[MLFLOW_RUN_ID_ATTR] == "run-a"
+    assert stored["ray-b"].user_attrs[MLFLOW_RUN_ID_ATTR] == "run-b"
+
+
+def test_mlflow_child_runs_carry_the_optuna_trial_number(tmp_path):
+    from study.tracking import MLflowTrials
+
+    search = _search(tmp_path)
+    search.suggest("ray-a")
+    search.suggest("ray-b")
+    client = MlflowClient(f"sqlite:///{tmp_path / 'mlflow.db'}")
+    experiment = client.create_experiment("e")
+    parent = client.create_run(experiment).info.run_id
+    link = OptunaLink(optuna_storage_url(tmp_path), "s")
+    callback = MLflowTrials(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment, parent, tmp_path / "art",
+                            optuna_link=link)
+    runs = {t: callback.run_id(SimpleNamespace(trial_id=t, config={"seed": 0})) for t in ("ray-b", "ray-a")}
+    stored = _stored(tmp_path)
+    for trial_id, run_id in runs.items():
+        assert client.get_run(run_id).data.tags[OPTUNA_NUMBER_TAG] == str(stored[trial_id].number)
+        assert stored[trial_id].user_attrs[MLFLOW_RUN_ID_ATTR] == run_id
+    fresh = MLflowTrials(f"sqlite:///{tmp_path / 'mlflow.db'}", experiment, parent, tmp_path / "art", optuna_link=link)
+    assert fresh.run_id(SimpleNamespace(trial_id="ray-a", config={})) == runs["ray-a"], "found again by tag"
+
+
+# --- importances ------------------------------------------------------------------------------------
+
+def test_importances_use_complete_trials_and_count_the_others(tmp_path):
+    from analysis.stats import optuna_importances
+
+    study = optuna.create_study(study_name="imp", storage=optuna_storage_url(tmp_path), direction="maximize")
+    for index in range(6):
+        trial = study.ask()
+        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        if index == 4:
+            trial.report(100.0, 1)  # a pruned trial's huge truncated value must not count
+            study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        elif index == 5:
+            study.tell(trial, state=optuna.trial.TrialState.FAIL)
+        else:
+            study.tell(trial, x)
+    frame, note = optuna_importances(SimpleNamespace(folder=tmp_path, name="imp"))
+    assert note == "parameter importances from 4 COMPLETE Optuna trial(s); left out: 1 FAIL, 1 PRUNED"
+    assert set(frame["param"]) == {"x", "y"} and frame["importance"].sum() == pytest.approx(1.0)
+    optuna.create_study(study_name="few", storage=optuna_storage_url(tmp_path)).add_trial(
+        optuna.trial.create_trial(state=optuna.trial.TrialState.FAIL))
+    empty, few = optuna_importances(SimpleNamespace(folder=tmp_path, name="few"))
+    assert empty.empty and few == ("no parameter importances: they need >= 2 COMPLETE trials, optuna.db has "
+                                   "0 COMPLETE Optuna trial(s); left out: 1 FAIL")
