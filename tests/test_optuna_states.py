@@ -232,3 +232,55 @@ def test_importances_use_complete_trials_and_count_the_others(tmp_path):
     empty, few = optuna_importances(SimpleNamespace(folder=tmp_path, name="few"))
     assert empty.empty and few == ("no parameter importances: they need >= 2 COMPLETE trials, optuna.db has "
                                    "0 COMPLETE Optuna trial(s); left out: 1 FAIL")
+
+
+# --- real searches ----------------------------------------------------------------------------------
+
+def check_search(study_dir: Path, name: str, samples: int) -> dict[str, int]:
+    """Every Optuna trial's state, value, intermediate values and links against what Ray and MLflow hold;
+    the count of trials per state."""
+    from helpers.optuna_states import EPOCHS_FINETUNE
+
+    trials = pd.read_parquet(study_dir / "trials.parquet").set_index("trial_id")
+    history = pd.read_parquet(study_dir / "history.parquet")
+    optuna_trials = optuna.load_study(study_name=name, storage=optuna_storage_url(study_dir)).get_trials()
+    assert len(optuna_trials) == len(trials) == samples, (len(optuna_trials), trials.index.tolist())
+    meta = json.loads((study_dir / "study.json").read_text())
+    client = MlflowClient(meta["tracking_uri"])
+    counts: dict[str, int] = {}
+    for trial in optuna_trials:
+        ray_id = trial.user_attrs[RAY_TRIAL_ID_ATTR]
+        row = trials.loc[ray_id]
+        finetune_rows = history[(history["trial_id"] == ray_id) & (history["phase"] == "finetune")]
+        clock = dict(zip(finetune_rows["epoch"].astype(int), finetune_rows["objective"]))  # the finetune/epoch clock
+        where = f"Optuna trial {trial.number} (Ray {ray_id}, {row['status']}, fine-tuning epochs {sorted(clock)})"
+        if row["status"] == "ERROR":
+            assert trial.state.name == "FAIL" and trial.value is None, where
+        elif max(clock) < EPOCHS_FINETUNE:
+            assert trial.state.name == "PRUNED", where
+        else:
+            assert trial.state.name == "COMPLETE" and trial.value == row["objective"] == clock[EPOCHS_FINETUNE], where
+        assert trial.intermediate_values == clock, f"{where}: one value per fine-tuning epoch, never NaN"
+        assert all(math.isfinite(v) for v in trial.intermediate_values.values()), where
+        assert trial.user_attrs[MLFLOW_RUN_ID_ATTR] == row["mlflow_run_id"], where
+        run = client.get_run(row["mlflow_run_id"])
+        assert run.data.tags[OPTUNA_NUMBER_TAG] == str(trial.number) and run.data.tags["trial_id"] == ray_id, where
+        counts[trial.state.name] = counts.get(trial.state.name, 0) + 1
+    return counts
+
+
+@pytest.mark.slow
+def test_a_real_search_tells_optuna_pruned_complete_and_fail(tmp_path, ray_local, monkeypatch):
+    from helpers.optuna_states import PRESET as preset
+
+    from search_spaces import PRESETS
+    from study import driver
+    from study.run import EXIT_ERROR, main
+
+    monkeypatch.setattr(driver, "MAX_FAILURES", 0)  # the failing trial fails once, not three times
+    monkeypatch.setitem(PRESETS, preset.name, preset)
+    output = tmp_path / "results"
+    code = main(["--preset", preset.name, "--num-samples", "5", "--max-concurrent", "1", "--output", str(output)])
+    assert code == EXIT_ERROR, "the failing trial ends in error; the others run"
+    counts = check_search(output / preset.name, preset.name, samples=5)
+    assert counts.get("FAIL") == 1 and counts.get("PRUNED", 0) >= 1 and counts.get("COMPLETE", 0) >= 1, counts
