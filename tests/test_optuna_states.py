@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import json
 import math
+import os
 import pickle
 import sys
 import textwrap
@@ -236,9 +237,10 @@ def test_importances_use_complete_trials_and_count_the_others(tmp_path):
 
 # --- real searches ----------------------------------------------------------------------------------
 
-def check_search(study_dir: Path, name: str, samples: int) -> dict[str, int]:
+def check_search(study_dir: Path, name: str, samples: int, resumed: bool = False) -> dict[str, int]:
     """Every Optuna trial's state, value, intermediate values and links against what Ray and MLflow hold;
-    the count of trials per state."""
+    the count of trials per state. ``resumed``: a killed driver's last reports may be missing from Ray's
+    result files (history.parquet), never from Optuna, which was told them first."""
     from helpers.optuna_states import EPOCHS_FINETUNE
 
     trials = pd.read_parquet(study_dir / "trials.parquet").set_index("trial_id")
@@ -260,7 +262,11 @@ def check_search(study_dir: Path, name: str, samples: int) -> dict[str, int]:
             assert trial.state.name == "PRUNED", where
         else:
             assert trial.state.name == "COMPLETE" and trial.value == row["objective"] == clock[EPOCHS_FINETUNE], where
-        assert trial.intermediate_values == clock, f"{where}: one value per fine-tuning epoch, never NaN"
+        if resumed:
+            assert clock.items() <= trial.intermediate_values.items(), where
+            assert sorted(trial.intermediate_values) == list(range(1, len(trial.intermediate_values) + 1)), where
+        else:
+            assert trial.intermediate_values == clock, f"{where}: one value per fine-tuning epoch, never NaN"
         assert all(math.isfinite(v) for v in trial.intermediate_values.values()), where
         assert trial.user_attrs[MLFLOW_RUN_ID_ATTR] == row["mlflow_run_id"], where
         run = client.get_run(row["mlflow_run_id"])
@@ -284,3 +290,73 @@ def test_a_real_search_tells_optuna_pruned_complete_and_fail(tmp_path, ray_local
     assert code == EXIT_ERROR, "the failing trial ends in error; the others run"
     counts = check_search(output / preset.name, preset.name, samples=5)
     assert counts.get("FAIL") == 1 and counts.get("PRUNED", 0) >= 1 and counts.get("COMPLETE", 0) >= 1, counts
+
+
+# The test preset through the real command line, in a subprocess with its own Ray (so it can be killed);
+# test_faults.Driver runs it in the repository root.
+RESUMABLE_DRIVER = textwrap.dedent("""
+    import sys
+    sys.path.insert(0, "tests")
+    from helpers.optuna_states import HEALTHY_PRESET
+    from search_spaces import PRESETS
+    PRESETS[HEALTHY_PRESET.name] = HEALTHY_PRESET
+    from study.run import main
+    sys.exit(main(sys.argv[1:]))
+""")
+
+
+def _running_mid_finetune(optuna_db: Path) -> tuple[int, int]:
+    """(finished trials, running trials with an intermediate value) in a live study's optuna.db."""
+    import sqlite3
+    from contextlib import closing
+
+    try:
+        with closing(sqlite3.connect(f"file:{optuna_db}?mode=ro", uri=True, timeout=1)) as db:
+            finished = db.execute("SELECT count(*) FROM trials WHERE state != 'RUNNING'").fetchone()[0]
+            running = db.execute("SELECT count(DISTINCT t.trial_id) FROM trials t JOIN trial_intermediate_values v "
+                                 "ON v.trial_id = t.trial_id WHERE t.state = 'RUNNING'").fetchone()[0]
+            return finished, running
+    except sqlite3.Error:  # not created yet, or busy
+        return 0, 0
+
+
+@pytest.mark.slow
+def test_a_killed_and_resumed_search_keeps_states_values_and_links(tmp_path):
+    from helpers.optuna_states import HEALTHY_PRESET
+    from test_faults import Driver, kill_driver
+
+    from study.run import EXIT_ERROR
+
+    NAME = HEALTHY_PRESET.name
+
+    output = tmp_path / "results"
+    argv = [sys.executable, "-c", RESUMABLE_DRIVER, "--preset", NAME, "--num-samples", "5", "--max-concurrent", "1",
+            "--output", str(output)]
+    started: list[Driver] = []
+    try:
+        started.append(Driver(argv, tmp_path / "first.log"))
+        started[0].wait_for(lambda: all(n >= 1 for n in _running_mid_finetune(output / NAME / "optuna.db")),
+                            "a told trial followed by one in the middle of fine-tuning")
+        kill_driver(started[0])
+        before = {t.number: t for t in optuna.load_study(study_name=NAME, storage=optuna_storage_url(
+            output / NAME)).get_trials()}
+        started.append(Driver([*argv, "--resume"], tmp_path / "second.log"))
+        # 0, or 1 where Ray could not restore the interrupted trial (its snapshot can name a checkpoint that
+        # CHECKPOINTS_TO_KEEP = 1 had deleted by the kill): that trial then ends in error, and must be FAIL
+        assert started[1].finish() in (0, EXIT_ERROR), f"--resume failed{started[1].tail()}"
+    finally:  # every driver and the Ray processes it started, by pid
+        for driver in started:
+            driver.cleanup()
+    counts = check_search(output / NAME, NAME, samples=5, resumed=True)
+    assert counts.get("PRUNED", 0) >= 1 and counts.get("COMPLETE", 0) >= 1 and "RUNNING" not in counts, counts
+    after = {t.number: t for t in optuna.load_study(study_name=NAME, storage=optuna_storage_url(output / NAME)).get_trials()}
+    interrupted = [n for n, t in before.items() if t.state.name == "RUNNING" and t.intermediate_values]
+    assert interrupted, f"the kill came mid fine-tuning: {[(n, t.state.name) for n, t in before.items()]}"
+    for number, old in before.items():
+        new = after[number]
+        assert new.params == old.params, number
+        if old.state.name != "RUNNING":
+            assert (new.state, new.value, new.intermediate_values) == (old.state, old.value, old.intermediate_values)
+        assert old.intermediate_values.items() <= new.intermediate_values.items(), number
+        if old.state.name != "RUNNING" or number in interrupted:  # drawn and started by the first driver
+            assert new.user_attrs == old.user_attrs, f"trial {number}: its Ray trial and MLflow run are the same"
