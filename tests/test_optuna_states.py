@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import json
 import math
-import os
 import pickle
 import sys
 import textwrap
@@ -27,7 +26,6 @@ import pandas as pd
 import pytest
 from mlflow.tracking import MlflowClient
 
-from search_spaces.base import SEGMENTATION_SMOKE
 from study.optuna_resume import ResumableOptunaSearch
 from study.optuna_search import (
     MLFLOW_RUN_ID_ATTR,
@@ -217,7 +215,8 @@ def test_importances_use_complete_trials_and_count_the_others(tmp_path):
     study = optuna.create_study(study_name="imp", storage=optuna_storage_url(tmp_path), direction="maximize")
     for index in range(6):
         trial = study.ask()
-        x, y = trial.suggest_float("x", 0, 1), trial.suggest_float("y", 0, 1)
+        x = trial.suggest_float("x", 0, 1)
+        trial.suggest_float("y", 0, 1)  # a parameter that does not matter
         if index == 4:
             trial.report(100.0, 1)  # a pruned trial's huge truncated value must not count
             study.tell(trial, state=optuna.trial.TrialState.PRUNED)
