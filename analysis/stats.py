@@ -182,7 +182,9 @@ def search_summary(study: Study, bins: int = SEARCH_BINS) -> SearchSummary:
 
 def optuna_importances(study: Study) -> tuple[pd.DataFrame, str]:
     """(frame of param, importance; note) from the Optuna study in ``<folder>/optuna.db`` named like the
-    study. The frame is empty, and the note says why, without the database or with < 2 complete trials."""
+    study, computed from its COMPLETE trials only: a trial the scheduler stopped (PRUNED) scored a
+    truncated run, a FAIL none. The note says how many trials went in and how many were left out by
+    state; the frame is empty, and the note says why, without the database or with < 2 complete trials."""
     empty = pd.DataFrame(columns=["param", "importance"])
     path = Path(study.folder) / "optuna.db" if study.folder is not None else None
     if path is None or not path.is_file():
@@ -194,13 +196,17 @@ def optuna_importances(study: Study) -> tuple[pd.DataFrame, str]:
         optuna_study = optuna.load_study(study_name=study.name, storage=f"sqlite:///{path.resolve()}")
     except KeyError:
         return empty, f"optuna.db has no study named {study.name!r}: no parameter importances"
-    complete = optuna_study.get_trials(deepcopy=False, states=(optuna.trial.TrialState.COMPLETE,))
-    if len(complete) < 2:
-        return empty, f"optuna.db has {len(complete)} complete trial(s), importances need >= 2"
+    states = pd.Series([t.state.name for t in optuna_study.get_trials(deepcopy=False)], dtype=object)
+    counts = states.value_counts()
+    complete = int(counts.get("COMPLETE", 0))
+    left_out = ", ".join(f"{int(counts[name])} {name}" for name in sorted(counts.index) if name != "COMPLETE")
+    counted = f"{complete} COMPLETE Optuna trial(s)" + (f"; left out: {left_out}" if left_out else "")
+    if complete < 2:
+        return empty, f"no parameter importances: they need >= 2 COMPLETE trials, optuna.db has {counted}"
     evaluator = optuna.importance.FanovaImportanceEvaluator(seed=0)
-    try:
+    try:  # get_param_importances reads COMPLETE trials only
         importances = optuna.importance.get_param_importances(optuna_study, evaluator=evaluator)
     except (ValueError, RuntimeError) as error:  # e.g. every trial has the same parameters
-        return empty, f"parameter importances unavailable: {error}"
+        return empty, f"parameter importances unavailable ({counted}): {error}"
     frame = pd.DataFrame({"param": list(importances), "importance": list(importances.values())})
-    return frame, ""
+    return frame, f"parameter importances from {counted}"

@@ -27,6 +27,7 @@ from search_spaces.base import TRAINABLE_CONFIGS
 from study.export import SCHEMA_VERSION, trial_frames, write_parquet
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
+from study.optuna_search import OptunaLink, optuna_storage_url
 from study.progress import StudyProgress, quiet_libraries, ray_console
 from study.relocate import artifact_location, relocate
 from study.resources import grid_limit, searcher_limit
@@ -69,24 +70,49 @@ def grid_param_space(configs: list[dict[str, Any]]) -> dict[str, Any]:
     return tune.grid_search([dict(config) for config in configs])
 
 
+def make_sampler(name: str) -> Any:
+    """The seeded Optuna sampler ``--sampler name`` selects.
+
+    TPE models the parameters jointly (``multivariate``) and per group of parameters that occur together
+    (``group``: the search space is conditional, e.g. q exists only for the weighted loss), and treats
+    running trials as if they had scored badly (``constant_liar``), so the trials drawn while others run
+    spread out instead of repeating the same point. ``group`` is experimental in Optuna 5.0; its warning
+    is silenced here, where the choice is made.
+    """
+    import warnings
+
+    import optuna
+
+    if name == "qmc":
+        return optuna.samplers.QMCSampler(seed=0, scramble=True)
+    if name == "random":
+        return optuna.samplers.RandomSampler(seed=0)
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore", optuna.exceptions.ExperimentalWarning)
+        return optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, constant_liar=True)
+
+
+def scheduler_max_t(constants: dict[str, Any]) -> int:
+    """The scheduler's last clock value: the fine-tuning epochs (PU trainables: their epochs)."""
+    return int(constants.get("epochs_finetune", constants.get("epochs", 1)))
+
+
 def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], study_dir: Path) -> Any:
-    """Optuna (seeded, persisted in the study folder) behind a ConcurrencyLimiter."""
+    """Optuna (seeded, persisted in the study folder) behind a ConcurrencyLimiter; Optuna is told PRUNED
+    for the trials the scheduler stops, FAIL for errors (study.optuna_search)."""
     import optuna
     from ray.tune.search import ConcurrencyLimiter
 
-    samplers = {
-        "tpe": lambda: optuna.samplers.TPESampler(seed=0),
-        "qmc": lambda: optuna.samplers.QMCSampler(seed=0, scramble=True),
-        "random": lambda: optuna.samplers.RandomSampler(seed=0),
-    }
-    storage = optuna.storages.RDBStorage(f"sqlite:///{study_dir / 'optuna.db'}")
+    storage = optuna.storages.RDBStorage(optuna_storage_url(study_dir))
     searcher = ResumableOptunaSearch(
         space=partial(preset.optuna_space, constants=constants),
         metric=preset.metric,
         mode=preset.mode,
-        sampler=samplers[spec.sampler](),
+        sampler=make_sampler(spec.sampler),
         storage=storage,
         study_name=spec.name,
+        time_attr=preset.time_attr,
+        max_t=scheduler_max_t(constants),
     )
     return ConcurrencyLimiter(searcher, max_concurrent=searcher_limit(spec, spec.search_samples))
 
@@ -95,7 +121,7 @@ def make_scheduler(preset: Preset, constants: dict[str, Any]) -> Any:
     """ASHA on the fine-tuning clock for search presets (one early-stopping mechanism, not two)."""
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = int(constants.get("epochs_finetune", constants.get("epochs", 1)))
+    max_t = scheduler_max_t(constants)
     return ASHAScheduler(time_attr=preset.time_attr, max_t=max_t, grace_period=max(1, max_t // 4),
                          reduction_factor=3)
 
@@ -382,8 +408,10 @@ def run_config(study: OpenStudy) -> Any:
     from ray import tune
 
     spec = study.spec
+    # A search's child runs and Optuna trials name each other (study.optuna_search)
+    link = OptunaLink(optuna_storage_url(spec.study_dir), spec.name) if study.preset.is_search else None
     mlflow_trials = MLflowTrials(spec.tracking_uri, study.experiment_id, study.parent_run_id,
-                                 spec.study_dir / "artifacts", study.secrets, source_tags())
+                                 spec.study_dir / "artifacts", study.secrets, source_tags(), optuna_link=link)
     progress = StudyProgress(study.expected_trials, spec.progress, study.preset.metric, study.preset.mode)
     # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")

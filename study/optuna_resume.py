@@ -14,11 +14,12 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from study.optuna_search import RAY_TRIAL_ID_ATTR, intermediate_value, trial_state
 from study.spec import StudyError
 
 TESTED_RAY = "2.60"  # the Ray version whose OptunaSearch internals this module was written against
 # private attribute -> what it must hold (checked once the search is constructed, and after restore)
-_ATTRIBUTES = {"_ot_trials": dict, "_ot_study": object, "_space": object}
+_ATTRIBUTES = {"_ot_trials": dict, "_ot_study": object, "_space": object, "_completed_trials": set}
 
 
 class OptunaSearchInternals:
@@ -48,11 +49,32 @@ class OptunaSearchInternals:
     def reseed_sampler(self) -> None:
         self.search._ot_study.sampler.reseed_rng()
 
+    def told(self, trial_id: str) -> bool:
+        """Whether Optuna has been told the end of Ray trial ``trial_id`` (by this search)."""
+        return trial_id in self.search._completed_trials
+
+    def mark_told(self, trial_id: str) -> None:
+        self.search._completed_trials.add(trial_id)
+
     def owns(self, trial_id: str) -> bool:
         return trial_id in self.search._ot_trials
 
     def space_is_define_by_run(self) -> bool:
         return callable(self.search._space)
+
+    def trial(self, trial_id: str) -> Any:
+        """The optuna.Trial that Ray trial ``trial_id`` runs."""
+        return self.search._ot_trials[trial_id]
+
+    def stored(self, trial_id: str) -> Any:
+        """The stored FrozenTrial of Ray trial ``trial_id`` as the database holds it now (state,
+        intermediate values), not the copy cached when the search was last pickled."""
+        return self.search._ot_study._storage.get_trial(self.trial(trial_id)._trial_id)
+
+    def tell(self, trial_id: str, state: str, value: float | None) -> None:
+        import optuna
+
+        self.search._ot_study.tell(self.trial(trial_id), value, state=optuna.trial.TrialState[state])
 
     def adopt(self, trial_id: str, optuna_id: int) -> None:
         """Give Ray trial ``trial_id`` the stored Optuna trial ``optuna_id`` (its parameters as drawn)."""
@@ -76,8 +98,12 @@ class ResumableOptunaSearch(OptunaSearch):
     does not know (a resumed search then draws differently from an uninterrupted one, never twice).
     """
 
-    def __init__(self, *args: Any, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, time_attr: str, max_t: int, **kwargs: Any) -> None:
+        """``time_attr``: the scheduler's clock (a report key); ``max_t``: its last value, which a trial
+        that ran to the end reached (see :func:`study.optuna_search.trial_state`). The rest is
+        ``OptunaSearch``'s."""
         super().__init__(*args, **kwargs)
+        self.time_attr, self.max_t = time_attr, int(max_t)
         OptunaSearchInternals(self)  # refuse an incompatible Ray now, before any trial starts
 
     def restore(self, checkpoint_path: str) -> None:
@@ -96,4 +122,37 @@ class ResumableOptunaSearch(OptunaSearch):
         internals = OptunaSearchInternals(self)
         if orphans and internals.space_is_define_by_run() and not internals.owns(trial_id):
             internals.adopt(trial_id, orphans.pop(0))
-        return super().suggest(trial_id)
+        config = super().suggest(trial_id)
+        if internals.owns(trial_id):  # an adopted orphan gets its new Ray trial id here too
+            internals.trial(trial_id).set_user_attr(RAY_TRIAL_ID_ATTR, trial_id)
+        return config
+
+    def on_trial_result(self, trial_id: str, result: dict) -> None:
+        """An intermediate value at the scheduler's clock, for reports that carry it and a finite metric
+        (never a pre-training report, never NaN). A step already stored (a retried trial re-reports the
+        epochs after its last checkpoint) is left as it was."""
+        internals = OptunaSearchInternals(self)
+        point = intermediate_value(result, self.metric, self.time_attr)
+        if point is None or internals.told(trial_id) or not internals.owns(trial_id):
+            return
+        stored = internals.stored(trial_id)
+        if not stored.state.is_finished() and point[0] not in stored.intermediate_values:
+            internals.trial(trial_id).report(point[1], step=point[0])
+
+    def on_trial_complete(self, trial_id: str, result: dict | None = None, error: bool = False) -> None:
+        """Tell Optuna the trial's true end: FAIL, PRUNED or COMPLETE (:func:`trial_state`).
+
+        Ray hands the report the scheduler stopped a trial at only to this call, not to
+        ``on_trial_result``: it is recorded as an intermediate value first. An Optuna trial already
+        finished (told before a driver was killed, its Ray trial then re-run by ``--resume``) keeps
+        its state: Optuna cannot change a finished trial.
+        """
+        internals = OptunaSearchInternals(self)
+        if internals.told(trial_id) or not internals.owns(trial_id):
+            return
+        if not internals.stored(trial_id).state.is_finished():
+            self.on_trial_result(trial_id, result or {})
+            state, value = trial_state(result, error, metric=self.metric, time_attr=self.time_attr,
+                                       max_t=self.max_t)
+            internals.tell(trial_id, state, value)
+        internals.mark_told(trial_id)

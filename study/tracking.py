@@ -23,6 +23,7 @@ from mlflow.entities import Metric, Param, RunStatus, RunTag
 from mlflow.tracking import MlflowClient
 from ray import tune
 
+from study.optuna_search import OPTUNA_NUMBER_TAG, OptunaLink
 from study.spec import Secrets
 from trainables.checkpoint import Checkpoint
 from trainables.runtime import load_state
@@ -95,7 +96,11 @@ class MLflowTrials(tune.Callback):
     """Ray Tune callback that mirrors every trial into a nested MLflow run (see module docstring)."""
 
     def __init__(self, tracking_uri: str, experiment_id: str, parent_run_id: str, artifacts_dir: Path,
-                 secrets: Secrets | None = None, source_tags: Mapping[str, str] | None = None) -> None:
+                 secrets: Secrets | None = None, source_tags: Mapping[str, str] | None = None,
+                 optuna_link: OptunaLink | None = None) -> None:
+        """``optuna_link`` (search studies): tags each child run with its Optuna trial number and writes
+        the run id into that Optuna trial (study.optuna_search)."""
+        self.optuna_link = optuna_link
         self.source_tags = dict(source_tags or {})  # mlflow.source.* and mlflow.user, as on the parent
         self.tracking_uri = tracking_uri
         self.experiment_id = experiment_id
@@ -149,8 +154,17 @@ class MLflowTrials(tune.Callback):
             for start in range(0, len(params), 100):  # MLflow's batch limit
                 self.client.log_batch(run.info.run_id, params=params[start:start + 100])
             self._last_step[trial_id] = 0
+        if OPTUNA_NUMBER_TAG not in run.data.tags:  # new, or created by a driver killed before it linked
+            self._link_optuna(trial_id, run.info.run_id)
         self._runs[trial_id] = run.info.run_id
         return run.info.run_id
+
+    def _link_optuna(self, trial_id: str, run_id: str) -> None:
+        """Tag the run with its Optuna trial number; the Optuna trial gets the run id (search studies)."""
+        link = getattr(self, "optuna_link", None)  # absent from callbacks pickled by an older version
+        number = link.link_run(trial_id, run_id) if link is not None else None
+        if number is not None:
+            self.client.set_tag(run_id, OPTUNA_NUMBER_TAG, str(number))
 
     def on_trial_start(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)

@@ -18,7 +18,8 @@ def _space(trial: optuna.Trial) -> None:
 def _search(tmp_path, name: str = "s") -> ResumableOptunaSearch:
     storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
     return ResumableOptunaSearch(space=_space, metric="objective", mode="max",
-                                 sampler=optuna.samplers.RandomSampler(seed=0), storage=storage, study_name=name)
+                                 sampler=optuna.samplers.RandomSampler(seed=0), storage=storage, study_name=name,
+                                 time_attr="finetune/epoch", max_t=3)
 
 
 class _MovedInternals:

@@ -379,7 +379,7 @@ def test_search_summary_reads_optuna_importances(tmp_path):
     summary = search_summary(search_study(tmp_path, with_optuna=True))
     assert set(summary.importances["param"]) == {"noise_unsegment", "lr_pretrain"}
     assert summary.importances["importance"].sum() == pytest.approx(1.0)
-    assert summary.notes == ()
+    assert summary.notes == ("parameter importances from 4 COMPLETE Optuna trial(s)",)
 
 
 # --- loading --------------------------------------------------------------------------------------
