@@ -23,7 +23,7 @@ META_FILE = "study.json"
 REQUIRED_TRIAL_COLUMNS = ("trial_id", "status", "condition")
 REQUIRED_HISTORY_COLUMNS = ("trial_id", "phase", "epoch", "epoch_total")
 # MLflow run status (and the driver's status tag) -> the Ray Tune trial status the parquet export writes.
-_MLFLOW_STATUS = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "ERROR",
+_MLFLOW_STATUS = {"FINISHED": "TERMINATED", "FAILED": "ERROR", "KILLED": "ERROR", "STOPPED": "STOPPED",
                   "RUNNING": "RUNNING", "SCHEDULED": "PENDING"}
 
 

@@ -126,7 +126,9 @@ def search_trials(study: Study) -> tuple[pd.DataFrame, int]:
                                    test_score=lambda t: t["trial_id"].map(test))
     kept = kept.dropna(subset=["val_objective"]).sort_values("val_objective", ascending=False, kind="stable")
     settings = [c for c in ("label_transform", *SEARCH_NOISE_PARAMS, "loss", *SEARCH_NUISANCE_PARAMS) if c in kept]
-    return kept[["trial_id", *settings, *SEARCH_SCORES]].reset_index(drop=True), int((~complete).sum())
+    # STOPPED: the status study.stops gives such trials; older exports left them TERMINATED
+    stopped = int((study.trials["status"] == "STOPPED").sum() + (~complete).sum())
+    return kept[["trial_id", *settings, *SEARCH_SCORES]].reset_index(drop=True), stopped
 
 
 def acts(noise: str, trial: Mapping[str, object]) -> bool:

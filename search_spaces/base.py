@@ -81,6 +81,8 @@ class Preset:
     metric: str = "objective"
     mode: str = "max"
     time_attr: str = "finetune/epoch"  # the schedulers' clock (never a pre-training report)
+    # What the scheduler compares at a rung (and Optuna records as intermediate values); "" = ``metric``.
+    scheduler_metric: str = ""
     cpus_per_trial: float = 1.0
     recipes: Mapping[str, Mapping[str, Any]] = field(default_factory=dict)  # data kind -> fixed values
 

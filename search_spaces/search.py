@@ -6,7 +6,10 @@ Scientific parameters: the unsegmented fraction (over [0, 0.9]), the pre-trainin
 all to 1, so with ``binarize`` it could not change a single label) and the loss. Nuisance parameters,
 tuned jointly: the loss's own parameter (define-by-run: q only for the weighted loss, beta for
 bootstrap, gamma for focal, prior for nnPU, over the ranges of ``trainables.loss_table``), warmup epochs
-and the pre-training learning rate. ASHA stops poor fine-tunings early on the ``finetune/epoch`` clock.
+and the pre-training learning rate. ASHA stops poor trials early on one clock over both phases,
+``epoch_total``: its rungs inside pre-training compare the transfer probe (``probe/val_mean_iu`` at that
+pre-training epoch, ``trainables.probe``), those in fine-tuning the latest fine-tuning validation mean IU
+(``scheduler/score`` carries both), so the costly pre-training of a poor trial is cut short too.
 ``search_spaces.base.validate_search`` checks, before Ray starts, that every noise parameter drawn
 changes the noisy labels.
 """
@@ -38,9 +41,13 @@ PRESET = Preset(
     name="search",
     description="Optuna search over noise rates x label transform x loss (+ its nuisance params), TPE + ASHA.",
     trainable="pretrain_finetune",
-    base={"class_weighting": True},
+    base={"class_weighting": True, "transfer_probe": True},
     folds=(1,),
     seeds=1,
     optuna_space=space,
+    # One clock over both phases (every trial of the search has the same phase lengths): ASHA's rungs
+    # inside pre-training compare the transfer probe, those in fine-tuning the latest validation mean IU.
+    time_attr="epoch_total",
+    scheduler_metric="scheduler/score",
     num_samples=32,
 )

@@ -92,8 +92,11 @@ def make_sampler(name: str) -> Any:
         return optuna.samplers.TPESampler(seed=0, multivariate=True, group=True, constant_liar=True)
 
 
-def scheduler_max_t(constants: dict[str, Any]) -> int:
-    """The scheduler's last clock value: the fine-tuning epochs (PU trainables: their epochs)."""
+def scheduler_max_t(preset: Preset, constants: dict[str, Any]) -> int:
+    """The scheduler's last clock value: pre-training plus fine-tuning epochs on the ``epoch_total``
+    clock, else the fine-tuning epochs (PU trainables: their epochs)."""
+    if preset.time_attr == "epoch_total":
+        return int(constants["epochs_pretrain"]) + int(constants["epochs_finetune"])
     return int(constants.get("epochs_finetune", constants.get("epochs", 1)))
 
 
@@ -112,18 +115,25 @@ def make_searcher(spec: StudySpec, preset: Preset, constants: dict[str, Any], st
         storage=storage,
         study_name=spec.name,
         time_attr=preset.time_attr,
-        max_t=scheduler_max_t(constants),
+        max_t=scheduler_max_t(preset, constants),
+        intermediate_metric=preset.scheduler_metric or preset.metric,
     )
     return ConcurrencyLimiter(searcher, max_concurrent=searcher_limit(spec, spec.search_samples))
 
 
 def make_scheduler(preset: Preset, constants: dict[str, Any]) -> Any:
-    """ASHA on the fine-tuning clock for search presets (one early-stopping mechanism, not two)."""
+    """ASHA for search presets (one early-stopping mechanism, not two), comparing
+    ``preset.scheduler_metric`` on ``preset.time_attr``'s clock at the rungs of
+    :func:`trainables.probe.rung_epochs` (grace period ``FIRST_RUNG``, reduction factor ``RUNG_FACTOR``):
+    with the transfer probe on, the rungs inside pre-training are exactly the probe epochs."""
     from ray.tune.schedulers import ASHAScheduler
 
-    max_t = scheduler_max_t(constants)
-    return ASHAScheduler(time_attr=preset.time_attr, max_t=max_t, grace_period=max(1, max_t // 4),
-                         reduction_factor=3)
+    from trainables.probe import FIRST_RUNG, RUNG_FACTOR
+
+    max_t = scheduler_max_t(preset, constants)
+    return ASHAScheduler(time_attr=preset.time_attr, metric=preset.scheduler_metric or preset.metric,
+                         mode=preset.mode, max_t=max_t, grace_period=min(FIRST_RUNG, max_t),
+                         reduction_factor=RUNG_FACTOR)
 
 
 def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
@@ -398,7 +408,10 @@ def search_setup(study: OpenStudy) -> tuple[dict[str, Any], Any]:
     else:
         param_space = grid_param_space(study.configs)
         search = {"max_concurrent_trials": grid_limit(spec, len(study.configs))}
-    tune_config = tune.TuneConfig(metric=preset.metric, mode=preset.mode, **search)
+    # A search's scheduler and searcher carry their own metrics (the scheduler compares rung scores, the
+    # searcher the objective); Ray refuses a TuneConfig metric beside a scheduler's own.
+    metric = {} if preset.is_search else {"metric": preset.metric, "mode": preset.mode}
+    tune_config = tune.TuneConfig(**metric, **search)
     tune_config.reuse_actors = True  # a worker runs trial after trial (runtime.begin_trial resets it)
     return param_space, tune_config
 
@@ -435,7 +448,7 @@ def finish_study(study: OpenStudy, outcome: StudyOutcome) -> StudyOutcome:
     trials = export_study(study.spec, study.experiment_path, study.client, study.experiment_id,
                           study.parent_run_id, study.config_cls, study.secrets,
                           state_complete=status == "FINISHED")
-    ended = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "ERROR"]).sum())
+    ended = 0 if trials is None else int(trials["status"].isin(["TERMINATED", "STOPPED", "ERROR"]).sum())
     errored = 0 if trials is None else int((trials["status"] == "ERROR").sum())
     if status == "FINISHED" and ended < study.expected_trials:
         status = "KILLED"

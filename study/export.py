@@ -17,13 +17,16 @@ import numpy as np
 import pandas as pd
 
 from study.spec import Secrets
+from study.stops import ended_status, stopped_at
 from study.tracking import is_metric, trial_error_text
 from trainables.labels import pretrain_categories
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
-TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error", "start_time", "end_time",
-                 "wall_s", "node")
-SCHEMA_VERSION = "2"  # of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node
+TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "stopped_at", "error", "start_time",
+                 "end_time", "wall_s", "node")
+# of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node; 3 the STOPPED status and
+# stopped_at (a trial the scheduler stopped early, study.stops)
+SCHEMA_VERSION = "3"
 HISTORY_COLUMNS = ("study", "trial_id", "condition", "fold", "seed", "phase", "epoch", "epoch_total")
 
 
@@ -45,7 +48,8 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             "preset": preset,
             "trial_id": trial.trial_id,
             "mlflow_run_id": run_ids.get(trial.trial_id, ""),
-            "status": str(trial.status),
+            "status": ended_status(str(trial.status), last, trial.config),
+            "stopped_at": stopped_at(last, trial.config) if str(trial.status) == "TERMINATED" else "",
             "error": secrets.redact(_error_line(trial)) if str(trial.status) == "ERROR" else "",
         }
         row.update(trial_timing(last))

@@ -98,12 +98,16 @@ class ResumableOptunaSearch(OptunaSearch):
     does not know (a resumed search then draws differently from an uninterrupted one, never twice).
     """
 
-    def __init__(self, *args: Any, time_attr: str, max_t: int, **kwargs: Any) -> None:
+    def __init__(self, *args: Any, time_attr: str, max_t: int, intermediate_metric: str | None = None,
+                 **kwargs: Any) -> None:
         """``time_attr``: the scheduler's clock (a report key); ``max_t``: its last value, which a trial
-        that ran to the end reached (see :func:`study.optuna_search.trial_state`). The rest is
+        that ran to the end reached (see :func:`study.optuna_search.trial_state`);
+        ``intermediate_metric``: what the scheduler compares at that clock, recorded as Optuna's
+        intermediate values (default: ``metric``, the trial's final value). The rest is
         ``OptunaSearch``'s."""
         super().__init__(*args, **kwargs)
         self.time_attr, self.max_t = time_attr, int(max_t)
+        self.intermediate_metric = intermediate_metric or self.metric
         OptunaSearchInternals(self)  # refuse an incompatible Ray now, before any trial starts
 
     def restore(self, checkpoint_path: str) -> None:
@@ -132,7 +136,8 @@ class ResumableOptunaSearch(OptunaSearch):
         (never a pre-training report, never NaN). A step already stored (a retried trial re-reports the
         epochs after its last checkpoint) is left as it was."""
         internals = OptunaSearchInternals(self)
-        point = intermediate_value(result, self.metric, self.time_attr)
+        # getattr: a searcher pickled before intermediate_metric existed records its metric
+        point = intermediate_value(result, getattr(self, "intermediate_metric", self.metric), self.time_attr)
         if point is None or internals.told(trial_id) or not internals.owns(trial_id):
             return
         stored = internals.stored(trial_id)

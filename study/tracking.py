@@ -25,6 +25,7 @@ from ray import tune
 
 from study.optuna_search import OPTUNA_NUMBER_TAG, OptunaLink
 from study.spec import Secrets
+from study.stops import STOPPED, stopped_at
 from trainables.checkpoint import Checkpoint
 from trainables.runtime import load_state
 
@@ -190,7 +191,9 @@ class MLflowTrials(tune.Callback):
         try:
             self._log_artifacts(run_id, trial)
         finally:
-            self.client.set_tag(run_id, "status", "FINISHED")
+            stop = stopped_at(trial.last_result, trial.config)  # the scheduler stopped it early
+            tags = [RunTag("status", STOPPED), RunTag("stopped_at", stop)] if stop else [RunTag("status", "FINISHED")]
+            self.client.log_batch(run_id, tags=tags)
             self.client.set_terminated(run_id, status="FINISHED")
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:

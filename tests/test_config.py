@@ -74,6 +74,7 @@ FIELD_ERRORS = [
     ("images_per_class", -1, "an int >= 0"),
     ("finetune_train_per_class", -2, "an int >= 0"),
     ("finetune_val_per_class", 0, "an int >= 1"),
+    ("transfer_probe", 1, "a bool"),
     ("pretrain_cache", 0, "a str"),
     ("data_cache", 0, "a str"),
     ("num_threads", -1, "an int >= 0"),
@@ -276,6 +277,7 @@ IN_KEY = {
     "image_size": ({}, 32),
     "images_per_class": ({}, 40),
     "init_scheme": ({}, "xavier"),
+    "transfer_probe": ({}, True),  # the cached history holds the probe's reports
 }
 
 

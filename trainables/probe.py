@@ -13,6 +13,7 @@ ASHA compares trials, so the scheduler compares probe with probe at the same pre
 
 from __future__ import annotations
 
+import math
 import time
 from collections.abc import Iterable
 
@@ -31,22 +32,22 @@ FIRST_RUNG = 3
 RUNG_FACTOR = 3
 
 
-def rung_epochs(total_epochs: int, first: int = FIRST_RUNG, factor: int = RUNG_FACTOR) -> tuple[int, ...]:
-    """The milestones ``first * factor**k`` below ``total_epochs`` (Ray's ASHA rungs for ``grace_period =
-    first``, ``reduction_factor = factor``, ``max_t = total_epochs``), ascending."""
-    if first < 1 or factor < 2:
-        raise ValueError(f"rungs need first >= 1 and factor >= 2, got first={first}, factor={factor}")
-    rungs, milestone = [], first
-    while milestone < total_epochs:
-        rungs.append(milestone)
-        milestone *= factor
-    return tuple(rungs)
+def rung_epochs(max_t: int, first: int = FIRST_RUNG, factor: int = RUNG_FACTOR) -> tuple[int, ...]:
+    """The rungs of Ray's ASHA with ``grace_period=first``, ``reduction_factor=factor`` and ``max_t``,
+    ascending, computed as Ray's ``_Bracket`` computes them (``first * factor**k`` for
+    ``k < int(log(max_t / first) / log(factor) + 1)``), so a probe epoch is exactly a rung."""
+    if first < 1 or factor < 2 or max_t < first:
+        raise ValueError(f"rungs need 1 <= first <= max_t and factor >= 2, got first={first}, factor={factor}, "
+                         f"max_t={max_t}")
+    count = int(math.log(max_t / first) / math.log(factor) + 1)
+    return tuple(first * factor**k for k in range(count))
 
 
 def probe_epochs(epochs_pretrain: int, epochs_finetune: int) -> tuple[int, ...]:
     """The pre-training epochs at which a trial with the probe on runs it: the rungs inside pre-training
     (on the clock ``epoch_total`` that counts pre-training then fine-tuning epochs)."""
-    return tuple(e for e in rung_epochs(epochs_pretrain + epochs_finetune) if e <= epochs_pretrain)
+    total = epochs_pretrain + epochs_finetune
+    return tuple(e for e in rung_epochs(total) if e <= epochs_pretrain) if total >= FIRST_RUNG else ()
 
 
 @torch.no_grad()  # not inference_mode: the probe's head trains on these tensors
