@@ -131,9 +131,10 @@ def make_scheduler(preset: Preset, constants: dict[str, Any]) -> Any:
     from trainables.probe import FIRST_RUNG, RUNG_FACTOR
 
     max_t = scheduler_max_t(preset, constants)
+    # On the fine-tuning clock alone (no probe), the first rung is a quarter of the way in.
+    grace = min(FIRST_RUNG, max_t) if preset.time_attr == "epoch_total" else max(1, max_t // 4)
     return ASHAScheduler(time_attr=preset.time_attr, metric=preset.scheduler_metric or preset.metric,
-                         mode=preset.mode, max_t=max_t, grace_period=min(FIRST_RUNG, max_t),
-                         reduction_factor=RUNG_FACTOR)
+                         mode=preset.mode, max_t=max_t, grace_period=grace, reduction_factor=RUNG_FACTOR)
 
 
 def check_cluster(spec: StudySpec, started_local_ray: bool) -> None:
