@@ -16,14 +16,17 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from study.faults import diverged
 from study.spec import Secrets
 from study.tracking import is_metric, trial_error_text
 from trainables.labels import pretrain_categories
+from trainables.runtime import DIVERGED
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
-TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error", "start_time", "end_time",
-                 "wall_s", "node")
-SCHEMA_VERSION = "2"  # of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node
+TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "error", DIVERGED, "start_time",
+                 "end_time", "wall_s", "node")
+# of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node; 3 added diverged
+SCHEMA_VERSION = "3"
 HISTORY_COLUMNS = ("study", "trial_id", "condition", "fold", "seed", "phase", "epoch", "epoch_total")
 
 
@@ -45,8 +48,7 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             "preset": preset,
             "trial_id": trial.trial_id,
             "mlflow_run_id": run_ids.get(trial.trial_id, ""),
-            "status": str(trial.status),
-            "error": secrets.redact(_error_line(trial)) if str(trial.status) == "ERROR" else "",
+            **trial_status(trial, secrets),
         }
         row.update(trial_timing(last))
         row.update(secrets.public({key: trial.config.get(key) for key in config_keys}))
@@ -63,6 +65,17 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             trials_frame[column] = pd.Series(dtype=str)
     history = pd.concat(histories, ignore_index=True) if histories else pd.DataFrame(columns=list(HISTORY_COLUMNS))
     return _tidy(trials_frame), history
+
+
+def trial_status(trial: Any, secrets: Secrets) -> dict[str, Any]:
+    """``status``, ``error`` and ``diverged`` of a trial's row. A diverged trial ended its training
+    cleanly (Ray: TERMINATED) but failed: ``status`` ERROR, ``error`` the divergence message,
+    ``diverged`` 1 (0 for every other trial)."""
+    message = diverged(trial.last_result)
+    if message is not None:
+        return {"status": "ERROR", "error": secrets.redact(message)[:1000], DIVERGED: 1}
+    status = str(trial.status)
+    return {"status": status, "error": secrets.redact(_error_line(trial)) if status == "ERROR" else "", DIVERGED: 0}
 
 
 def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
@@ -82,6 +95,8 @@ def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:
     for key in PHASE_EPOCH_KEYS:
         if key in frame:
             epoch = epoch.fillna(frame[key])
+    if DIVERGED in frame:  # a diverged trial's last report holds no epoch, only the divergence
+        frame = frame.loc[frame[DIVERGED] != 1]
     history = pd.DataFrame({
         "study": study,
         "trial_id": trial.trial_id,
