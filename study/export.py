@@ -89,14 +89,14 @@ def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
 
 def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:
     """One trial's reports as history rows: per-phase epoch unified in ``epoch``, metrics kept as is."""
+    if DIVERGED in frame:  # a diverged trial's last report holds no epoch, only the divergence
+        frame = frame.loc[frame[DIVERGED] != 1]
     metric_columns = [c for c in frame.columns if c not in PHASE_EPOCH_KEYS and not c.startswith("config/")
                       and ("/" in c or c == "objective")]
     epoch = pd.Series(np.nan, index=frame.index)
     for key in PHASE_EPOCH_KEYS:
         if key in frame:
             epoch = epoch.fillna(frame[key])
-    if DIVERGED in frame:  # a diverged trial's last report holds no epoch, only the divergence
-        frame = frame.loc[frame[DIVERGED] != 1]
     history = pd.DataFrame({
         "study": study,
         "trial_id": trial.trial_id,
