@@ -61,7 +61,17 @@ def train_one_epoch(
         optimizer.step()
         total += value * len(inputs)
         count += len(inputs)
+    _check_finite_weights(model, loader.epoch)
     return {"train_loss": total / count if count else math.nan}
+
+
+def _check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """Raise :class:`Diverged` when a weight is NaN or infinite after an epoch's last step: the next loss
+    would show it, but after the last epoch only the evaluation would, with NaN outputs scored as if
+    they were predictions. One host sync per epoch."""
+    params = [p.detach() for p in model.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise Diverged(f"non-finite weights, training diverged: a weight is NaN or infinite after epoch {epoch}")
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, *, device: str | torch.device) -> torch.Tensor:
