@@ -44,7 +44,6 @@ TRAINABLES = {
     "pretrain_finetune": "trainables.pretrain_finetune:pretrain_finetune",
     "pu_classification": "trainables.pu_classification:pu_classification",
 }
-MAX_FAILURES = 2  # a trial whose worker dies is retried this often from its last checkpoint
 # Ray Tune writes its experiment state (which trials exist, their status and latest checkpoint) every
 # ~10 s, and at once after a trial has checkpointed num_to_keep times. Keeping 1 checkpoint makes that
 # every checkpoint, i.e. every epoch: a driver killed mid-study then loses at most the epochs in
@@ -434,7 +433,8 @@ def run_config(study: OpenStudy) -> Any:
         storage_path=spec.storage,
         callbacks=[mlflow_trials, progress],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
-        failure_config=tune.FailureConfig(max_failures=MAX_FAILURES),
+        # crashes only: a diverged trial returns (trainables.runtime.ending_on_divergence), never retried
+        failure_config=tune.FailureConfig(max_failures=spec.max_failures),
         verbose=ray_console(spec.progress)["verbose"],
     )
 

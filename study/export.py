@@ -16,16 +16,18 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
+from study.faults import diverged
 from study.spec import Secrets
 from study.stops import ended_status, stopped_at
 from study.tracking import is_metric, trial_error_text
 from trainables.labels import pretrain_categories
+from trainables.runtime import DIVERGED
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
-TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "stopped_at", "error", "start_time",
-                 "end_time", "wall_s", "node")
-# of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node; 3 the STOPPED status and
-# stopped_at (a trial the scheduler stopped early, study.stops)
+TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "stopped_at", "error", DIVERGED,
+                 "start_time", "end_time", "wall_s", "node")
+# of trials.parquet / history.parquet; 2 added start_time, end_time, wall_s, node; 3 added diverged, the
+# STOPPED status and stopped_at (a trial the scheduler stopped early, study.stops)
 SCHEMA_VERSION = "3"
 HISTORY_COLUMNS = ("study", "trial_id", "condition", "fold", "seed", "phase", "epoch", "epoch_total")
 
@@ -48,9 +50,7 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
             "preset": preset,
             "trial_id": trial.trial_id,
             "mlflow_run_id": run_ids.get(trial.trial_id, ""),
-            "status": ended_status(str(trial.status), last, trial.config),
-            "stopped_at": stopped_at(last, trial.config) if str(trial.status) == "TERMINATED" else "",
-            "error": secrets.redact(_error_line(trial)) if str(trial.status) == "ERROR" else "",
+            **trial_status(trial, secrets),
         }
         row.update(trial_timing(last))
         row.update(secrets.public({key: trial.config.get(key) for key in config_keys}))
@@ -69,6 +69,20 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
     return _tidy(trials_frame), history
 
 
+def trial_status(trial: Any, secrets: Secrets) -> dict[str, Any]:
+    """``status``, ``stopped_at``, ``error`` and ``diverged`` of a trial's row. A diverged trial ended its
+    training cleanly (Ray: TERMINATED) but failed: ``status`` ERROR, ``error`` the divergence message,
+    ``diverged`` 1 (0 for every other trial). A trial the scheduler stopped early is ``STOPPED`` with
+    ``stopped_at`` saying where (:mod:`study.stops`)."""
+    message = diverged(trial.last_result)
+    if message is not None:
+        return {"status": "ERROR", "stopped_at": "", "error": secrets.redact(message)[:1000], DIVERGED: 1}
+    status, last = str(trial.status), trial.last_result or {}
+    return {"status": ended_status(status, last, trial.config),
+            "stopped_at": stopped_at(last, trial.config) if status == "TERMINATED" else "",
+            "error": secrets.redact(_error_line(trial)) if status == "ERROR" else "", DIVERGED: 0}
+
+
 def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
     """The foreground categories of a pretrain-finetune trial's pre-training task
     (:func:`trainables.labels.pretrain_categories`; 0 without pre-training, NaN for ImageNet weights)."""
@@ -80,6 +94,8 @@ def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
 
 def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:
     """One trial's reports as history rows: per-phase epoch unified in ``epoch``, metrics kept as is."""
+    if DIVERGED in frame:  # a diverged trial's last report holds no epoch, only the divergence
+        frame = frame.loc[frame[DIVERGED] != 1]
     metric_columns = [c for c in frame.columns if c not in PHASE_EPOCH_KEYS and not c.startswith("config/")
                       and ("/" in c or c == "objective")]
     epoch = pd.Series(np.nan, index=frame.index)

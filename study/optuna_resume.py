@@ -14,6 +14,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
+from study.faults import diverged
 from study.optuna_search import RAY_TRIAL_ID_ATTR, intermediate_value, trial_state
 from study.spec import StudyError
 
@@ -156,8 +157,13 @@ class ResumableOptunaSearch(OptunaSearch):
         if internals.told(trial_id) or not internals.owns(trial_id):
             return
         if not internals.stored(trial_id).state.is_finished():
-            self.on_trial_result(trial_id, result or {})
-            state, value = trial_state(result, error, metric=self.metric, time_attr=self.time_attr,
-                                       max_t=self.max_t)
-            internals.tell(trial_id, state, value)
+            message = diverged(result)
+            if message is not None:  # ended cleanly for Ray (never retried), but failed: FAIL here
+                internals.trial(trial_id).set_user_attr("diverged", message)
+                internals.tell(trial_id, "FAIL", None)
+            else:
+                self.on_trial_result(trial_id, result or {})
+                state, value = trial_state(result, error, metric=self.metric, time_attr=self.time_attr,
+                                           max_t=self.max_t)
+                internals.tell(trial_id, state, value)
         internals.mark_told(trial_id)

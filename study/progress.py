@@ -17,6 +17,7 @@ from typing import Any, Callable, Mapping, TextIO
 
 from ray import tune
 
+from study.faults import diverged
 from study.spec import PROGRESS_MODES
 
 STATUS_EVERY_S = 30.0  # at most one status line per this many seconds
@@ -114,6 +115,12 @@ class StudyProgress(tune.Callback):
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         wall = self._ended(trial)
+        message = diverged(trial.last_result)
+        if message is not None:  # ended cleanly, but failed: printed in every mode, as an error is
+            self._failed += 1
+            self._print(f"{PREFIX} DIVERGED {trial.trial_id}: {describe(trial.config)} after {duration(wall)} "
+                        f"(not retried): {message}", always=True)
+            return
         value = (trial.last_result or {}).get(self.metric)
         shown = f"{self.metric} {value:.4f}" if isinstance(value, (int, float)) else f"no {self.metric}"
         if isinstance(value, (int, float)) and math.isfinite(value):
@@ -158,7 +165,8 @@ class StudyProgress(tune.Callback):
         """Counts by status, best objective so far, elapsed time and the ETA of the remaining trials."""
         counts = {"RUNNING": 0, "TERMINATED": 0, "ERROR": 0}
         for trial in trials:
-            counts[str(trial.status)] = counts.get(str(trial.status), 0) + 1
+            status = "ERROR" if diverged(getattr(trial, "last_result", None)) else str(trial.status)
+            counts[status] = counts.get(status, 0) + 1
         finished, failed, running = counts["TERMINATED"], counts["ERROR"], counts["RUNNING"]
         pending = max(0, self.total - finished - failed - running)
         elapsed = self.clock() - (self._t0 if self._t0 is not None else self.clock())

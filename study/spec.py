@@ -21,6 +21,9 @@ PROGRESS_MODES = ("compact", "ray", "off")  # see study/progress.py
 # Ray Jobs sets this in the environment of a job's driver (ray._private.runtime_env.constants).
 RAY_JOB_ENV = "RAY_JOB_CONFIG_JSON_ENV_VAR"
 OUTPUT_HOME_ENV = "NOISY_TRANSFER_HOME"  # where a Ray job's relative --output resolves (default: ~)
+# Retries of a crashed trial (killed worker, lost node, out of memory) from its last checkpoint. Sized for
+# spot GPU workers: a days-long trial may see several reclaims; a diverged trial is never retried.
+DEFAULT_MAX_FAILURES = 10
 
 
 class StudyError(ValueError):
@@ -49,6 +52,7 @@ class StudySpec:
     resume: bool
     print_configs: bool = False  # print the resolved trial configs and exit, without Ray
     progress: str = "compact"  # the console: compact | ray | off (study/progress.py)
+    max_failures: int = DEFAULT_MAX_FAILURES  # Ray's FailureConfig.max_failures: retries of a crashed trial
 
     @property
     def study_dir(self) -> Path:
@@ -118,6 +122,11 @@ def build_parser() -> argparse.ArgumentParser:
                         help="at most N trials at once (default 0: as many as the cluster can place, "
                         "floor(CPUs / --cpus-per-trial) and floor(GPUs / --gpus-per-trial), counting an "
                         "autoscaling cluster at its published maximum; the study prints the count and why)")
+    parser.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES, metavar="N",
+                        help="retry a crashed trial (a killed worker, a lost or preempted node, out of memory) "
+                        f"up to N times from its last checkpoint (default {DEFAULT_MAX_FAILURES}, sized for spot "
+                        "instances; 0: never). A diverged trial (NaN loss) is never retried. --resume keeps the "
+                        "value the study started with")
     parser.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe | qmc | random")
     parser.add_argument("--imagenet-weights", default="", help="local torchvision AlexNet state dict "
                         "(adds the ImageNetModel baseline)")
@@ -176,6 +185,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
         resume=args.resume,
         print_configs=args.print_configs,
         progress=args.progress,
+        max_failures=args.max_failures,
     )
     spec.trial_configs()  # validate every trial now
     return spec
@@ -205,6 +215,10 @@ def _check_counts(args: argparse.Namespace) -> None:
             raise StudyError(f"{flag} must be a positive integer, got {value}")
     if args.max_concurrent < 0:
         raise StudyError(f"--max-concurrent must be >= 0 (0 = as resources allow), got {args.max_concurrent}")
+    if args.max_failures < 0:
+        # Ray's -1 (retry forever) would loop forever on a trial that crashes deterministically
+        raise StudyError(f"--max-failures must be an integer >= 0 (retries of a crashed trial; 0: none), "
+                         f"got {args.max_failures}")
     if args.cpus_per_trial <= 0:
         raise StudyError(f"--cpus-per-trial must be > 0, got {args.cpus_per_trial}")
     if args.gpus_per_trial < 0:

@@ -24,10 +24,11 @@ from mlflow.tracking import MlflowClient
 from ray import tune
 
 from study.optuna_search import OPTUNA_NUMBER_TAG, OptunaLink
+from study.faults import diverged, with_retries
 from study.spec import Secrets
 from study.stops import STOPPED, stopped_at
 from trainables.checkpoint import Checkpoint
-from trainables.runtime import load_state
+from trainables.runtime import DIVERGED, load_state
 
 # Keys of a trial's report that are metrics (identical names in MLflow and parquet). Ray's own
 # bookkeeping keys (time_this_iter_s, pid, ...) are left out.
@@ -172,6 +173,8 @@ class MLflowTrials(tune.Callback):
         self.client.set_tag(run_id, "status", "RUNNING")
 
     def on_trial_result(self, iteration: int, trials: list, trial: Any, result: dict, **info: Any) -> None:
+        if diverged(result) is not None:
+            return  # no epoch's numbers: on_trial_complete records the divergence
         run_id = self.run_id(trial)
         step = int(result.get("epoch_total", result.get("training_iteration", 0)))
         if step <= self._last_step.get(trial.trial_id, 0):
@@ -182,19 +185,33 @@ class MLflowTrials(tune.Callback):
             for key, value in result.items()
             if is_metric(key, value) and math.isfinite(float(value))
         ]
-        if metrics:
-            self.client.log_batch(run_id, metrics=metrics)
+        if metrics:  # a locked SQLite store or a 5xx is retried, not raised into Ray's callback loop
+            with_retries(lambda: self.client.log_batch(run_id, metrics=metrics), what=f"logging {trial.trial_id}'s "
+                         f"metrics to MLflow", redact=self.secrets.redact)
         self._last_step[trial.trial_id] = step
 
     def on_trial_complete(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)
+        message = diverged(trial.last_result)
         try:
             self._log_artifacts(run_id, trial)
         finally:
-            stop = stopped_at(trial.last_result, trial.config)  # the scheduler stopped it early
-            tags = [RunTag("status", STOPPED), RunTag("stopped_at", stop)] if stop else [RunTag("status", "FINISHED")]
-            self.client.log_batch(run_id, tags=tags)
-            self.client.set_terminated(run_id, status="FINISHED")
+            if message is not None:
+                self._log_divergence(run_id, trial, message)
+            else:
+                stop = stopped_at(trial.last_result, trial.config)  # the scheduler stopped it early
+                tags = [RunTag("status", STOPPED), RunTag("stopped_at", stop)] if stop else [RunTag("status", "FINISHED")]
+                self.client.log_batch(run_id, tags=tags)
+                self.client.set_terminated(run_id, status="FINISHED")
+
+    def _log_divergence(self, run_id: str, trial: Any, message: str) -> None:
+        """A diverged trial ended its training cleanly, but failed: FAILED with the message in its
+        ``error`` tag, as a crashed trial, and the metric ``diverged`` = 1 after its last logged epoch."""
+        step = self._last_step.get(trial.trial_id, 0) + 1
+        timestamp = int(float((trial.last_result or {}).get("timestamp", time.time())) * 1000)
+        tags = [RunTag("status", "FAILED"), RunTag("error", self.secrets.redact(message)[-_TAG_LIMIT:])]
+        self.client.log_batch(run_id, metrics=[Metric(DIVERGED, 1.0, timestamp, step)], tags=tags)
+        self.client.set_terminated(run_id, status=RunStatus.to_string(RunStatus.FAILED))
 
     def on_trial_error(self, iteration: int, trials: list, trial: Any, **info: Any) -> None:
         run_id = self.run_id(trial)

@@ -69,6 +69,20 @@ def test_nan_loss_raises_naming_epoch_and_batch():
         train_one_epoch(model, loader, NanAfterFirst(), torch.optim.SGD(model.parameters(), lr=0.1), device="cpu")
 
 
+def test_a_last_step_that_leaves_a_weight_non_finite_raises_diverged():
+    from trainables.engine import Diverged
+
+    model = small_fcn(2, width=4)
+    loader = make_loader(_tiny_dataset(), 4, shuffle=False, augment=False, seed=0)  # one batch: no later loss
+    loader.set_epoch(2)
+    # an infinite learning rate: the loss of the only batch is finite, the step after it is not
+    optimizer = torch.optim.SGD(model.parameters(), lr=float("inf"))
+    with pytest.raises(Diverged, match="non-finite weights, training diverged: .* after epoch 2"):
+        train_one_epoch(model, loader, make_loss("ce"), optimizer, device="cpu")
+    finite = small_fcn(2, width=4)
+    train_one_epoch(finite, loader, make_loss("ce"), torch.optim.SGD(finite.parameters(), lr=0.1), device="cpu")
+
+
 def test_float16_autocast_is_refused():
     model = small_fcn(2, width=4)
     loader = make_loader(_tiny_dataset(), 2, shuffle=False, augment=False, seed=0)

@@ -227,7 +227,9 @@ def test_a_killed_trial_worker_is_retried_from_its_checkpoint_and_loses_or_doubl
     # its last report (nothing left to retry) instead of mid-trial.
     preset = fault_preset("worker-kill", {"CompleteLabels": {}}, epochs_pretrain=3, epochs_finetune=25)
     output, storage, study = tmp_path / "results", tmp_path / "results" / "ray", "worker-kill"
-    driver = drivers(preset_argv(preset, output, "--max-concurrent", "1"), tmp_path / "driver.log")
+    # --max-failures 1: the flag reaches Ray in a real study (one retry is all this trial needs)
+    driver = drivers(preset_argv(preset, output, "--max-concurrent", "1", "--max-failures", "1"),
+                     tmp_path / "driver.log")
 
     # Two epochs checkpointed, the trial's worker busy with the next one: SIGKILL it.
     driver.wait_for(lambda: max(checkpoints(storage, study).values(), default=-1) >= 1 and trial_actors(driver),
@@ -454,7 +456,14 @@ def test_a_killed_search_resumes_its_optuna_study_and_draws_exactly_num_samples(
 DIVERGES = {"optimizer": "sgd", "lr_pretrain": 10.0, "momentum": 0.9, "weight_decay": 1.0, "batch_size": 4}
 
 
-def test_a_diverging_trial_fails_with_a_clear_error_and_the_study_carries_on(tmp_path, drivers):
+def ray_trials(storage: Path, study: str) -> dict[str, Any]:
+    """Trial id -> Ray's own record of the trial (status, num_failures), from the experiment state."""
+    from ray.tune import ExperimentAnalysis
+
+    return {trial.trial_id: trial for trial in ExperimentAnalysis(str(storage / study)).trials}
+
+
+def test_a_diverging_trial_runs_once_fails_with_its_message_and_a_resume_leaves_it_alone(tmp_path, drivers):
     preset = fault_preset("diverges", {"Diverges": DIVERGES, "CompleteLabels": {}}, epochs_pretrain=3,
                           epochs_finetune=2)
     output, storage, study = tmp_path / "results", tmp_path / "results" / "ray", "diverges"
@@ -475,18 +484,47 @@ def test_a_diverging_trial_fails_with_a_clear_error_and_the_study_carries_on(tmp
     assert "non-finite" in message and "nan" in message.lower(), message
 
     trials = pd.read_parquet(output / study / "trials.parquet").set_index("condition")
-    assert trials.loc["Diverges", "status"] == "ERROR", f"{trials[['status', 'error']]}{log}"
-    assert message in trials.loc["Diverges", "error"], f"error column: {trials.loc['Diverges', 'error']!r}{log}"
+    bad = trials.loc["Diverges", "trial_id"]
+    # It ran exactly once: Ray counted no failure, so it never retried it (the default --max-failures is
+    # 10), and every report it made came from one start (Ray restarts the count on each restore).
+    ray_trial = ray_trials(storage, study)[bad]
+    assert str(ray_trial.status) == "TERMINATED" and ray_trial.num_failures == 0, (
+        f"{ray_trial.status}, {ray_trial.num_failures} failures{log}")
+    first = reports(storage, study)[bad]
+    assert [r["iterations_since_restore"] for r in first] == [1, 2], f"reports of one start: {first}{log}"
+    assert first[0]["epoch_total"] == 1 and first[-1]["diverged"] == 1 and first[-1]["diverged_message"] == message
+    console = (tmp_path / "driver.log").read_text(errors="replace")
+    assert f"DIVERGED {bad}" in console and "Traceback" not in console, f"one line, no traceback{log}"
+
+    assert trials.loc["Diverges", "status"] == "ERROR" and trials.loc["Diverges", "diverged"] == 1, (
+        f"{trials[['status', 'error', 'diverged']]}{log}")
+    assert trials.loc["Diverges", "error"] == message, f"error column: {trials.loc['Diverges', 'error']!r}{log}"
     assert trials.loc["CompleteLabels", "status"] == "TERMINATED" and trials.loc["CompleteLabels", "error"] == "", log
+    assert trials.loc["CompleteLabels", "diverged"] == 0, log
     assert math.isfinite(trials.loc["CompleteLabels", "objective"]), log
     history = pd.read_parquet(output / study / "history.parquet")
-    diverged = history.loc[history["trial_id"] == trials.loc["Diverges", "trial_id"]]
+    diverged = history.loc[history["trial_id"] == bad]
+    assert diverged["epoch_total"].tolist() == [1], f"epoch 1 only: the NaN epoch is not a row{log}"
     assert diverged["pretrain/train_loss"].map(math.isfinite).all(), f"no NaN epoch is reported{log}"
 
     client, parent, children = mlflow_study(output / study)
     runs = {run.data.tags["condition"]: run for run in children}
     failed = runs["Diverges"]
     assert failed.info.status == "FAILED" and failed.data.tags["status"] == "FAILED", log
-    assert message in failed.data.tags["error"], f"MLflow error tag: {failed.data.tags['error'][-500:]!r}{log}"
+    assert failed.data.tags["error"] == message, f"MLflow error tag: {failed.data.tags['error'][-500:]!r}{log}"
+    assert [(m.step, m.value) for m in client.get_metric_history(failed.info.run_id, "diverged")] == [(2, 1.0)], log
     assert runs["CompleteLabels"].info.status == "FINISHED", log
     assert parent.info.status == "FINISHED", f"every trial ended, so the study did: {parent.info.status}{log}"
+
+    # --resume (Ray's resume_errored) reruns errored trials; the diverged one ended, so it stays as it is.
+    resumed = drivers(preset_argv(preset, output, "--max-concurrent", "2", "--resume"), tmp_path / "resume.log")
+    assert resumed.finish() == 1, f"still one failed trial{resumed.tail()}"
+    log = resumed.tail()
+    assert f"start  {bad}" not in log, f"the diverged trial started again{log}"
+    assert reports(storage, study)[bad] == first, f"the diverged trial reported again{log}"
+    assert ray_trials(storage, study)[bad].num_failures == 0, log
+    again = pd.read_parquet(output / study / "trials.parquet").set_index("condition")
+    assert again.loc["Diverges", ["status", "error", "diverged"]].tolist() == ["ERROR", message, 1], log
+    client, parent, children = mlflow_study(output / study)
+    assert sorted(r.data.tags["condition"] for r in children) == ["CompleteLabels", "Diverges"], log
+    assert {r.data.tags["condition"]: r.info.status for r in children}["Diverges"] == "FAILED", log

@@ -359,3 +359,22 @@ def test_a_killed_and_resumed_search_keeps_states_values_and_links(tmp_path):
         assert old.intermediate_values.items() <= new.intermediate_values.items(), number
         if old.state.name != "RUNNING" or number in interrupted:  # drawn and started by the first driver
             assert new.user_attrs == old.user_attrs, f"trial {number}: its Ray trial and MLflow run are the same"
+
+
+def test_a_diverged_trial_is_fail_with_its_message(tmp_path):
+    # A diverged trial returns cleanly (Ray: TERMINATED, never retried) with one report that carries no
+    # clock; without the divergence rule it would read as PRUNED.
+    import optuna
+
+    from study.optuna_resume import ResumableOptunaSearch
+
+    storage = optuna.storages.RDBStorage(f"sqlite:///{tmp_path / 'optuna.db'}")
+    search = ResumableOptunaSearch(space=lambda trial: {"x": trial.suggest_float("x", 0, 1)}, metric="objective",
+                                   mode="max", storage=storage, study_name="s", time_attr="epoch_total", max_t=6)
+    search.suggest("a")
+    search.on_trial_result("a", {"epoch_total": 3, "objective": 0.5})
+    search.on_trial_complete("a", {"objective": float("nan"), "diverged": 1,
+                                   "diverged_message": "non-finite loss at epoch 4, batch 0"})
+    trial = optuna.load_study(study_name="s", storage=storage).trials[0]
+    assert trial.state == optuna.trial.TrialState.FAIL
+    assert trial.user_attrs["diverged"] == "non-finite loss at epoch 4, batch 0"

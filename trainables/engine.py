@@ -16,6 +16,12 @@ from torch import nn
 from trainables.metrics import ConfusionMatrix
 
 
+class Diverged(FloatingPointError):
+    """Training diverged: a loss became NaN or infinite. Deterministic for a given config (a retry from the
+    last checkpoint diverges again), so a trial ends on it as a result, not a crash
+    (:func:`trainables.runtime.ending_on_divergence`)."""
+
+
 def _autocast(device: str | torch.device, dtype: torch.dtype | None) -> torch.autocast:
     # float16 would need loss scaling (a GradScaler) to train; bfloat16 keeps float32's range.
     if dtype not in (None, torch.bfloat16):
@@ -35,8 +41,8 @@ def train_one_epoch(
     """One pass over ``loader`` in training mode, one optimizer step per batch.
 
     ``loss_fn(logits, labels)`` gets float32 logits (``(N, C, H, W)`` or ``(N, C)``). Returns
-    ``{"train_loss": mean loss over batches weighted by batch size}``. Raises FloatingPointError
-    ("non-finite loss, ...") naming the value, epoch and batch when a loss is NaN or infinite, before
+    ``{"train_loss": mean loss over batches weighted by batch size}``. Raises :class:`Diverged` (a
+    FloatingPointError: "non-finite loss, ...") naming the value, epoch and batch when a loss is NaN or infinite, before
     stepping on it.
     """
     model.train()
@@ -48,14 +54,24 @@ def train_one_epoch(
         value = loss.item()
         if not math.isfinite(value):
             # Stop before stepping on it: the weights would turn NaN and every later number with them.
-            raise FloatingPointError(f"non-finite loss, training diverged: loss is {value} at epoch "
+            raise Diverged(f"non-finite loss, training diverged: loss is {value} at epoch "
                                      f"{loader.epoch}, batch {batch}")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         optimizer.step()
         total += value * len(inputs)
         count += len(inputs)
+    _check_finite_weights(model, loader.epoch)
     return {"train_loss": total / count if count else math.nan}
+
+
+def _check_finite_weights(model: nn.Module, epoch: int) -> None:
+    """Raise :class:`Diverged` when a weight is NaN or infinite after an epoch's last step: the next loss
+    would show it, but after the last epoch only the evaluation would, with NaN outputs scored as if
+    they were predictions. One host sync per epoch."""
+    params = [p.detach() for p in model.parameters()]
+    if params and not bool(torch.stack([torch.isfinite(p).all() for p in params]).all()):
+        raise Diverged(f"non-finite weights, training diverged: a weight is NaN or infinite after epoch {epoch}")
 
 
 def predict(model: nn.Module, inputs: torch.Tensor, *, device: str | torch.device) -> torch.Tensor:

@@ -7,17 +7,21 @@ dict of tensors and plain values, saved with ``torch.save`` and loaded with ``we
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import math
 import os
 import sys
 import tempfile
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Callable, Optional
+from typing import Any, Callable, Iterator, Optional
 
 import numpy as np
 import torch
+
+from trainables.engine import Diverged
 
 Reporter = Callable[[dict[str, Any], Optional[dict[str, Any]]], None]
 STATE_FILE = "state.pt"
@@ -102,6 +106,29 @@ def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None
         save_state(state, directory)
         CHECKPOINT_PACER.written(start)
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
+
+
+# The one report of a trial whose training diverged: DIVERGED = 1, DIVERGED_MESSAGE = the error's text,
+# the objective NaN (Ray requires the study's metric in every report; Optuna records a NaN value as FAIL).
+DIVERGED = "diverged"
+DIVERGED_MESSAGE = "diverged_message"
+
+
+@contextlib.contextmanager
+def ending_on_divergence(report: Reporter, nan_keys: tuple[str, ...] = ("objective",)) -> Iterator[None]:
+    """Run a trial's training; a :class:`~trainables.engine.Diverged` ends it with one final report
+    ``{key: NaN for nan_keys, DIVERGED: 1, DIVERGED_MESSAGE: message}`` (no checkpoint) instead of raising.
+    ``nan_keys``: the metrics Ray requires in every report (the searcher's and the scheduler's).
+
+    Why: Ray Tune retries a trial that raises (``FailureConfig.max_failures``) and ``--resume`` reruns
+    errored trials, but a divergence is deterministic, so every rerun would diverge again. A trial that
+    returns is TERMINATED: never retried, never resumed. The driver turns it into a failed trial
+    (``study.faults.diverged``).
+    """
+    try:
+        yield
+    except Diverged as error:
+        report({**dict.fromkeys(nan_keys, math.nan), DIVERGED: 1, DIVERGED_MESSAGE: str(error)}, None)
 
 
 def checkpoint_state_from_tune() -> dict[str, Any] | None:
