@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pandas as pd
 import pytest
-import torch
+from helpers.nan_loss import nan_after
 
 from study.faults import diverged
 from trainables.engine import Diverged
@@ -50,19 +50,7 @@ def test_a_pu_trial_whose_loss_turns_nan_ends_with_the_divergence_report(monkeyp
     from trainables import pu_classification as pu
     from trainables.config import PUClassificationConfig
 
-    real, calls = pu.make_loss, [0]
-
-    class NanFromCallFour(torch.nn.Module):
-        def __init__(self, loss):
-            super().__init__()
-            self.loss = loss
-
-        def forward(self, logits, labels):
-            calls[0] += 1
-            value = self.loss(logits, labels)
-            return value * math.nan if calls[0] > 3 else value
-
-    monkeypatch.setattr(pu, "make_loss", lambda *a, **k: NanFromCallFour(real(*a, **k)))
+    monkeypatch.setattr(pu, "make_loss", nan_after(pu.make_loss, calls=3))  # NaN from the 4th batch
     cfg = PUClassificationConfig(**{**smoke_config("pu_classification"), "epochs": 2, "batch_size": 64})
     reports: list[dict] = []
     with ending_on_divergence(lambda metrics, state: reports.append(metrics)):

@@ -12,6 +12,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 import torch
+from helpers.nan_loss import nan_after
 
 import trainables.pretrain_finetune as pf
 from trainables.checkpoint import Checkpoint
@@ -407,22 +408,8 @@ def test_invalid_config_fails_before_any_work(tmp_path, monkeypatch, bad, messag
 
 
 def test_nan_loss_stops_the_run_naming_the_epoch(tiny_cfg, monkeypatch):
-    real = pf.make_loss
-    calls = [0]
-
-    class NanAfterEpochOne(torch.nn.Module):
-        """The real loss for the 3 batches of pre-training epoch 1, NaN from then on."""
-
-        def __init__(self, loss):
-            super().__init__()
-            self.loss = loss
-
-        def forward(self, logits, labels):
-            calls[0] += 1
-            value = self.loss(logits, labels)
-            return value * math.nan if calls[0] > 3 else value
-
-    monkeypatch.setattr(pf, "make_loss", lambda *a, **k: NanAfterEpochOne(real(*a, **k)))
+    # the real loss for the 3 batches of pre-training epoch 1, NaN from then on
+    monkeypatch.setattr(pf, "make_loss", nan_after(pf.make_loss, calls=3))
     report = Collector()
     with pytest.raises(FloatingPointError, match=r"loss is nan at epoch 2, batch 0"):
         run(tiny_cfg(epochs_pretrain=3), report)
