@@ -163,7 +163,7 @@ def search_summary(study: Study, bins: int = SEARCH_BINS) -> SearchSummary:
         by_noise.append(frame.assign(too_few=frame["n_trials"] < MIN_SEEDS))
         winners = binned.loc[binned.groupby(["bin", *choices])["val_objective"].idxmax()]  # chosen by validation
         best.append(winners[["noise", "bin", "rate", *choices, "trial_id", *SEARCH_SCORES,
-                             *(c for c in settings if c not in (*choices, noise))]])
+                             *(c for c in settings if c not in choices)]])
     notes = [] if len(trials) and by_noise else [
         f"no complete trials with an objective and a noise rate ({', '.join(SEARCH_NOISE_PARAMS)})"]
     if stopped:
