@@ -16,10 +16,11 @@ from trainables.data.loading import SegmentationDataset
 from trainables.probe import FIRST_RUNG, RUNG_FACTOR, probe_epochs, rung_epochs
 from trainables.pretrain_finetune import PROBE_METRICS, REPORT_KEYS, run
 
-PROBED = {"transfer_probe": True, "epochs_pretrain": 4, "epochs_finetune": 2}  # clock 1..6: one probe, epoch 3
+PROBED = {"transfer_probe": True, "epochs_pretrain": 6, "epochs_finetune": 2}  # clock 1..8: one probe, epoch 5
+PROBE_EPOCH = 5
 
 
-@pytest.mark.parametrize("max_t", [3, 4, 8, 9, 10, 26, 27, 28, 35, 81, 100, 115])
+@pytest.mark.parametrize("max_t", [5, 8, 14, 15, 16, 35, 44, 45, 46, 115, 135, 136])
 def test_rungs_are_exactly_rays_asha_rungs(max_t):
     from ray.tune.schedulers.async_hyperband import _Bracket
 
@@ -28,9 +29,10 @@ def test_rungs_are_exactly_rays_asha_rungs(max_t):
 
 
 def test_probe_epochs_are_the_rungs_inside_pretraining():
-    assert probe_epochs(15, 20) == (3, 9)  # the synthetic default: rungs 3, 9 (probes) and 27 (fine-tuning)
-    assert probe_epochs(4, 2) == (3,)
-    assert probe_epochs(100, 15) == (3, 9, 27, 81)  # VOC
+    assert probe_epochs(15, 20) == (5, 15)  # the synthetic default: rungs 5 and 15, both probes
+    assert probe_epochs(6, 2) == (PROBE_EPOCH,)
+    assert probe_epochs(4, 2) == ()  # its one rung, 5, is a fine-tuning epoch
+    assert probe_epochs(100, 15) == (5, 15, 45)  # VOC
     assert probe_epochs(1, 1) == ()  # smoke size: no rung, no probe
 
 
@@ -47,11 +49,11 @@ def test_the_probe_reports_at_its_epochs_and_feeds_the_scheduler_score(probed):
     pretrain = [m for m in report.metrics if m["phase"] == "pretrain"]
     for m in pretrain:
         probe_keys = set(PROBE_METRICS) & set(m)
-        assert probe_keys == (set(PROBE_METRICS) if m["pretrain/epoch"] == 3 else set())
-    probe = pretrain[2]
+        assert probe_keys == (set(PROBE_METRICS) if m["pretrain/epoch"] == PROBE_EPOCH else set())
+    probe = pretrain[PROBE_EPOCH - 1]
     assert 0.0 <= probe["probe/val_mean_iu"] <= 1.0 and probe["probe/seconds"] > 0
     assert probe["scheduler/score"] == probe["probe/val_mean_iu"]
-    assert all(math.isnan(m["scheduler/score"]) for m in pretrain if m["pretrain/epoch"] != 3)
+    assert all(math.isnan(m["scheduler/score"]) for m in pretrain if m["pretrain/epoch"] != PROBE_EPOCH)
     # in fine-tuning the scheduler compares the latest validation mean IU, not objective's mean over k
     for m in report.metrics[cfg.epochs_pretrain:]:
         assert m["scheduler/score"] == m["finetune/val_mean_iu"]
@@ -80,7 +82,7 @@ def _images_of(dataset: SegmentationDataset) -> SegmentationData:
     return SegmentationData(dataset.inputs.numpy(), dataset.clean_labels, dataset.instances, names)
 
 
-@pytest.mark.parametrize("stop_after", [2, 3])
+@pytest.mark.parametrize("stop_after", [PROBE_EPOCH - 1, PROBE_EPOCH])
 def test_a_resumed_trial_reports_the_probe_of_an_uninterrupted_one(probed, stop_after):
     cfg, full = probed
     first = Collector(stop_after=stop_after)

@@ -1,8 +1,8 @@
 """A real search whose scheduler stops trials during pre-training, on the transfer probe.
 
-Small trials (4 pre-training and 2 fine-tuning epochs: one clock 1..6, one rung at epoch 3, which is the
+Small trials (6 pre-training and 2 fine-tuning epochs: one clock 1..8, one rung at epoch 5, which is the
 probe's epoch) with a wide learning-rate range, so some pre-trainings learn far less than others by
-epoch 3 and ASHA stops them there.
+epoch 5 and ASHA stops them there.
 """
 
 from __future__ import annotations
@@ -36,7 +36,7 @@ def space(trial: Any, constants: Mapping[str, Any]) -> None:
 PROBE_SEARCH = dataclasses.replace(
     SEARCH, name="probe-search", optuna_space=space, num_samples=6,
     base={**SEARCH.base, **SEGMENTATION_SMOKE, "images_per_class": 6, "finetune_val_per_class": 2,
-          "epochs_pretrain": 4, "epochs_finetune": 2, "warmup_epochs": 0, "label_transform": "none"},
+          "epochs_pretrain": 6, "epochs_finetune": 2, "warmup_epochs": 0, "label_transform": "none"},
 )
 
 
@@ -49,11 +49,11 @@ def test_the_scheduler_stops_poor_pretrainings_on_the_probe(tmp_path, ray_local,
     history = pd.read_parquet(study_dir / "history.parquet")
     stopped = trials[trials["status"] == "STOPPED"]
     assert len(stopped), f"ASHA stopped no trial: {trials[['status', 'stopped_at']]}"
-    assert set(stopped["stopped_at"]) == {"pretrain:3"}  # at the rung, which is the probe epoch
+    assert set(stopped["stopped_at"]) == {"pretrain:5"}  # at the rung, which is the probe epoch
     for trial_id in stopped.index:
         rows = history[history["trial_id"] == trial_id]
-        assert set(rows["phase"]) == {"pretrain"} and rows["epoch"].max() == 3
-        assert rows.set_index("epoch").loc[3, "probe/val_mean_iu"] == rows.set_index("epoch").loc[3, "scheduler/score"]
+        assert set(rows["phase"]) == {"pretrain"} and rows["epoch"].max() == 5
+        assert rows.set_index("epoch").loc[5, "probe/val_mean_iu"] == rows.set_index("epoch").loc[5, "scheduler/score"]
     complete = trials[trials["status"] == "TERMINATED"]
     assert len(complete) and (complete["stopped_at"] == "").all()
 
@@ -62,13 +62,13 @@ def test_the_scheduler_stops_poor_pretrainings_on_the_probe(tmp_path, ray_local,
     client = MlflowClient(meta["tracking_uri"])
     for trial_id, row in stopped.iterrows():
         tags = client.get_run(row["mlflow_run_id"]).data.tags
-        assert tags["status"] == "STOPPED" and tags["stopped_at"] == "pretrain:3"
+        assert tags["status"] == "STOPPED" and tags["stopped_at"] == "pretrain:5"
     study = optuna.load_study(study_name=meta["study"], storage=f"sqlite:///{study_dir / 'optuna.db'}")
     by_ray = {t.user_attrs["ray_trial_id"]: t for t in study.trials}
     for trial_id, row in stopped.iterrows():
         pruned = by_ray[trial_id]
         assert pruned.state == optuna.trial.TrialState.PRUNED
-        assert pruned.intermediate_values == pytest.approx({3: row["probe/val_mean_iu"]})
+        assert pruned.intermediate_values == pytest.approx({5: row["probe/val_mean_iu"]})
     for trial_id in complete.index:
         assert by_ray[trial_id].state == optuna.trial.TrialState.COMPLETE
         assert by_ray[trial_id].value == pytest.approx(trials.loc[trial_id, "objective"])
