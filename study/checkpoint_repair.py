@@ -108,7 +108,11 @@ class RestorableCheckpoints(tune.Callback):
             checkpoint = _trial_checkpoint(trial)
             if checkpoint is None or trial.status == "TERMINATED":
                 continue
-            source = repair_trial_checkpoint(checkpoint.filesystem, checkpoint.path)
+            try:
+                source = repair_trial_checkpoint(checkpoint.filesystem, checkpoint.path)
+            except StudyError as error:  # that trial then fails in Ray; the others need not stop
+                print(f"[noisy-transfer] trial {trial.trial_id}: {error}", flush=True)
+                continue
             if source is not None:
                 print(f"[noisy-transfer] trial {trial.trial_id}: Ray's experiment state names "
                       f"{checkpoint.path.rpartition('/')[2]}, deleted by the killed driver; restoring from "
