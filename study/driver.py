@@ -24,6 +24,7 @@ import pandas as pd
 
 from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
+from study.checkpoint_repair import RestorableCheckpoints
 from study.export import SCHEMA_VERSION, trial_frames, write_parquet
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
@@ -48,6 +49,10 @@ TRAINABLES = {
 # ~10 s, and at once after a trial has checkpointed num_to_keep times. Keeping 1 checkpoint makes that
 # every checkpoint, i.e. every epoch: a driver killed mid-study then loses at most the epochs in
 # progress; with 2, a resumed study re-ran trials from scratch and finished trials' last epochs.
+# Ray deletes the previous checkpoint when it registers a new one, before that snapshot reaches the
+# storage: a driver killed in between leaves a snapshot naming a deleted checkpoint, which
+# study.checkpoint_repair replaces on --resume (2 kept with a snapshot per controller step closes that
+# window but keeps a snapshot copy in flight nearly always, and a kill mid-copy truncates Ray's state files).
 CHECKPOINTS_TO_KEEP = 1
 SHARED_STORAGE_ENV = "NOISY_TRANSFER_SHARED_STORAGE"  # os.pathsep-separated folders shared by every node
 
@@ -431,7 +436,8 @@ def run_config(study: OpenStudy) -> Any:
     return tune.RunConfig(
         name=spec.name,
         storage_path=spec.storage,
-        callbacks=[mlflow_trials, progress],
+        # RestorableCheckpoints: a resumed trial's checkpoint exists before any trial starts
+        callbacks=[RestorableCheckpoints(), mlflow_trials, progress],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
         # crashes only: a diverged trial returns (trainables.runtime.ending_on_divergence), never retried
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

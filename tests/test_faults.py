@@ -290,11 +290,12 @@ def _torch_threads(count: int) -> int:
 # --- 2. the driver is SIGKILLed, then resumed -------------------------------------------------------
 
 
-def kill_driver(driver: Driver) -> None:
+def kill_driver(driver: Driver, workers: list[psutil.Process] | None = None) -> None:
     """SIGKILL the driver. Its Ray must let go of the trials: every trial worker exits by itself (an
     orphan still training would write into the resumed study); Ray's other leftovers are then killed
-    (its dashboard and runtime-env agents notice their raylet died only after a minute or more)."""
-    workers = trial_actors(driver)
+    (its dashboard and runtime-env agents notice their raylet died only after a minute or more).
+    ``workers``: the trial workers, listed beforehand by a caller that must kill without delay."""
+    workers = trial_actors(driver) if workers is None else workers
     driver.proc.send_signal(signal.SIGKILL)
     driver.proc.wait(timeout=30)
     deadline = time.monotonic() + 60
@@ -371,6 +372,88 @@ def test_a_killed_driver_resumes_the_grid_and_runs_no_finished_trial_again(tmp_p
     client, parent, children = mlflow_study(output / study)
     assert parent.info.status == "FINISHED", f"parent run {parent.info.status}{log}"
     assert all(run.info.status == "FINISHED" for run in children), log
+
+
+def checkpoint_folders(storage: Path, study: str) -> set[Path]:
+    return set((storage / study).glob("*/checkpoint_*"))
+
+
+def kill_at_a_checkpoint_deletion(driver: Driver, storage: Path, study: str) -> None:
+    """SIGKILL the driver the moment Ray deletes a trial's older checkpoint, i.e. right after it registered
+    a newer one and before its experiment-state snapshot naming that newer one reaches the storage
+    (Ray 2.60 deletes first, snapshots at the end of the controller's step, copies in a background thread).
+    Polled every 2 ms: the window is that step's remainder plus the copy."""
+    deadline, seen, workers, polls = time.monotonic() + DEADLINE_S, checkpoint_folders(storage, study), [], 0
+    while True:
+        now = checkpoint_folders(storage, study)
+        if seen - now and now:
+            kill_driver(driver, workers)
+            return
+        seen, polls = now, polls + 1
+        if polls % 100 == 0:  # psutil is slow: refresh the worker list every ~0.2 s, not every poll
+            driver.track()
+            workers = trial_actors(driver)
+            assert driver.proc.poll() is None, f"driver exited before a checkpoint deletion{driver.tail()}"
+            assert time.monotonic() < deadline, f"no checkpoint deletion after {DEADLINE_S} s{driver.tail()}"
+        time.sleep(0.002)
+
+
+def snapshot_checkpoints(storage: Path, study: str) -> list[str]:
+    """The checkpoint folder names Ray's newest experiment state in the storage restores trials from
+    (read with Ray 2.60's own loaders: the evidence that a kill landed while the snapshot lagged)."""
+    from ray.tune.execution.experiment_state import _find_newest_experiment_checkpoint
+    from ray.tune.experiment.trial import Trial
+
+    state = json.loads(Path(_find_newest_experiment_checkpoint(str(storage / study))).read_text())
+    named = []
+    for trial_json, run_metadata in state["trial_data"]:
+        trial = Trial.from_json_state(trial_json, stub=True)
+        trial.restore_run_metadata(run_metadata)
+        if trial.checkpoint is not None:
+            named.append(Path(trial.checkpoint.path).name)
+    return named
+
+
+REPAIRED = "deleted by the killed driver; restoring from its successor"  # study.checkpoint_repair's line
+KILLS = 2  # each kill costs a driver start (~30-50 s on a loaded 2-core machine); every kill so far hit the window
+
+
+def test_a_driver_killed_right_after_a_checkpoint_deletion_resumes_from_one_that_exists(tmp_path, drivers):
+    # Short epochs (a reused worker runs one in ~0.1-0.3 s): each driver is SIGKILLed the moment Ray deletes
+    # a checkpoint, KILLS times, then one runs the study to its end. Ray's snapshot then often names the
+    # deleted checkpoint; without study.checkpoint_repair the resumed trial failed 3 times.
+    preset = fault_preset("snapshot-race", {"CompleteLabels": {}}, epochs_pretrain=2, epochs_finetune=30)
+    output, storage, study = tmp_path / "results", tmp_path / "results" / "ray", "snapshot-race"
+    argv = preset_argv(preset, output, "--max-concurrent", "1")
+    logs, deleted = [], 0
+    for kill in range(KILLS):
+        logs.append(tmp_path / f"driver{kill}.log")
+        driver = drivers([*argv, "--resume"] if kill else argv, logs[-1])
+        kill_at_a_checkpoint_deletion(driver, storage, study)
+        existing = {path.name for path in checkpoint_folders(storage, study)}
+        named = snapshot_checkpoints(storage, study)
+        print(f"kill {kill}: the snapshot names {named}, the storage holds {sorted(existing)}")
+        deleted += len(set(named) - existing)
+    last = drivers([*argv, "--resume"], tmp_path / "last.log")
+    assert last.finish() == 0, f"the last --resume failed{last.tail()}"
+    log = last.tail()
+    # Not vacuous: some kill left the snapshot naming a deleted checkpoint, and each was repaired
+    assert deleted >= 1, f"no kill of {KILLS} left Ray's snapshot naming a deleted checkpoint{log}"
+    resumed = "".join(path.read_text(errors="replace") for path in [*logs[1:], last.log])
+    assert resumed.count(REPAIRED) == deleted, f"{deleted} deleted checkpoints named, repairs:{log}"
+    trials = pd.read_parquet(output / study / "trials.parquet")
+    assert len(trials) == 1 and trials["status"].tolist() == ["TERMINATED"], f"{trials[['status', 'error']]}{log}"
+    # MLflow holds every epoch once; Ray's result.json (history.parquet) lacks the epochs between a
+    # deleted checkpoint and its successor (copied with the snapshot that never reached the storage)
+    n = 32
+    client, parent, (child,) = mlflow_study(output / study)
+    assert steps(client, child.info.run_id, "epoch_total") == list(range(1, n + 1)), f"MLflow epoch_total{log}"
+    assert child.info.status == "FINISHED" and parent.info.status == "FINISHED", log
+    rows = pd.read_parquet(output / study / "history.parquet")["epoch_total"].tolist()
+    assert rows == sorted(set(rows)) and rows[-1] == n, f"history.parquet epoch_total {rows}{log}"
+    # never from scratch: the restored trial went on from a checkpoint, so no report repeats epoch 1
+    epochs = [r["epoch_total"] for r in reports(storage, study)[trials["trial_id"].iloc[0]]]
+    assert epochs.count(1) == 1, f"Ray's reports' epoch_total {epochs}{log}"
 
 
 def optuna_trials(study_dir: Path, name: str) -> list:
