@@ -133,7 +133,8 @@ def assert_no_secret(client: Any, *folders: Path) -> None:
     assert not leaks, f"a planted credential is written in {leaks}"
 
 
-def assert_study_complete(output: Path, study: str, log: str, expected_trials: int) -> pd.DataFrame:
+def assert_study_complete(output: Path, study: str, log: str, expected_trials: int,
+                          storage: str = f"s3://{BUCKET}/{PREFIX}") -> pd.DataFrame:
     """The study folder's parquet and MLflow hold every trial, TERMINATED, each epoch once; Ray's
     storage was the bucket only (no local ray/ folder)."""
     trials = pd.read_parquet(output / study / "trials.parquet")
@@ -144,18 +145,24 @@ def assert_study_complete(output: Path, study: str, log: str, expected_trials: i
     assert parent.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children), log
     assert not (output / "ray").exists(), f"Ray wrote its storage locally, not in the bucket{log}"
     meta = json.loads((output / study / "study.json").read_text())
-    assert meta["storage"] == f"s3://{BUCKET}/{PREFIX}", meta
+    assert meta["storage"] == storage, meta
     return trials
 
 
-def test_a_study_on_s3_keeps_rays_state_and_checkpoints_in_the_bucket_and_no_secret_anywhere(tmp_path, drivers, s3):
-    output, study = tmp_path / "results", "quick-smoke"
+# The endpoint as README shows it: AWS_ENDPOINT_URL, or pyarrow's options in the URI's query instead
+@pytest.mark.parametrize("endpoint_in", ["environment", "uri"])
+def test_a_study_on_s3_keeps_rays_state_and_checkpoints_in_the_bucket_and_no_secret_anywhere(
+        tmp_path, drivers, s3, monkeypatch, endpoint_in):
+    output, study, storage = tmp_path / "results", "quick-smoke", f"s3://{BUCKET}/{PREFIX}"
+    if endpoint_in == "uri":
+        monkeypatch.delitem(faults.ENV, "AWS_ENDPOINT_URL")
+        storage += f"?endpoint_override={s3.meta.endpoint_url.removeprefix('http://')}&scheme=http"
     argv = [sys.executable, str(ROOT / "study" / "run.py"), "--smoke", "--output", str(output),
-            "--storage", f"s3://{BUCKET}/{PREFIX}"]
+            "--storage", storage]
     driver = drivers(argv, tmp_path / "driver.log")
     assert driver.finish() == 0, f"driver failed{driver.tail()}"
     log = driver.tail()
-    trials = assert_study_complete(output, study, log, expected_trials=2)
+    trials = assert_study_complete(output, study, log, expected_trials=2, storage=storage)
 
     stored = keys(s3)
     top = {key.removeprefix(f"{PREFIX}/{study}/") for key in stored if key.count("/") == 2}
