@@ -298,7 +298,7 @@ class OpenStudy:
     @property
     def experiment_path(self) -> str:
         """Ray Tune's experiment folder (or URI) of this study."""
-        return f"{self.spec.storage.rstrip('/')}/{self.spec.name}"
+        return self.spec.experiment_path
 
     @property
     def expected_trials(self) -> int:

@@ -12,6 +12,7 @@ import re
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Mapping, Sequence
+from urllib.parse import urlsplit, urlunsplit
 
 from search_spaces import DEFAULT_PRESET, PRESETS, Preset, get_preset, validate_search
 from trainables.config import parse_data
@@ -63,6 +64,11 @@ class StudySpec:
         return "://" in self.storage and not self.storage.startswith("file://")
 
     @property
+    def experiment_path(self) -> str:
+        """Ray Tune's experiment folder (or URI) of this study: ``STORAGE/NAME``."""
+        return experiment_uri(self.storage, self.name)
+
+    @property
     def preset_obj(self) -> Preset:
         return get_preset(self.preset)
 
@@ -95,6 +101,26 @@ def pretrain_cache_location(storage: str, name: str, output: Path) -> str:
     if "://" in storage and not storage.startswith("file://"):
         return str(output / ".cache" / "pretrain" / name)
     return f"{storage.removeprefix('file://').rstrip('/')}/{name}/pretrain_cache"
+
+
+def experiment_uri(storage: str, name: str) -> str:
+    """``storage`` with ``name`` appended to its path, keeping a URI's query where pyarrow reads it
+    (``s3://b/p?endpoint_override=h:9000&scheme=http`` -> ``s3://b/p/NAME?endpoint_override=...``)."""
+    parts = urlsplit(storage)
+    if "://" not in storage or not parts.query:
+        return f"{storage.rstrip('/')}/{name}"
+    return urlunsplit(parts._replace(path=f"{parts.path.rstrip('/')}/{name}"))
+
+
+def check_storage(storage: str) -> str:
+    """``storage`` if it carries no credentials. Ray Tune writes the storage URI into its experiment
+    state (``tuner.pkl``, in the storage itself), so ``s3://KEY:SECRET@bucket`` would leave the secret
+    in the bucket: keys come from the environment (README, "S3 and S3-compatible storage")."""
+    if "://" in storage and "@" in urlsplit(storage).netloc:
+        raise StudyError(f"--storage {_URL_USERINFO.sub('', storage)}: remove the KEY:SECRET@ part, Ray Tune "
+                         "would store it in its experiment state; set AWS_ACCESS_KEY_ID and "
+                         "AWS_SECRET_ACCESS_KEY (or an AWS profile) instead")
+    return storage
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -162,7 +188,7 @@ def parse_spec(argv: Sequence[str] | None = None) -> StudySpec | None:
     name = args.name or (f"{preset.name}-smoke" if args.smoke else preset.name)
     if not name or "/" in name or name.startswith("."):
         raise StudyError(f"--name must be a plain folder name, got {name!r}")
-    storage = args.storage or str(output / "ray")
+    storage = check_storage(args.storage or str(output / "ray"))
     if "://" not in storage:
         storage = str(Path(storage).expanduser().resolve())
     spec = StudySpec(

@@ -6,7 +6,7 @@ from pathlib import Path
 
 import pytest
 
-from study.spec import parse_spec, pretrain_cache_location
+from study.spec import StudyError, experiment_uri, parse_spec, pretrain_cache_location
 
 
 @pytest.mark.parametrize(("storage", "expected"), [
@@ -28,3 +28,23 @@ def test_trials_get_the_cache_of_their_storage(tmp_path):
     spec = parse_spec(["--output", str(tmp_path), "--smoke"])
     caches = {config["pretrain_cache"] for config in spec.trial_configs()}
     assert caches == {str(tmp_path / "ray" / "quick-smoke" / "pretrain_cache")}
+
+
+@pytest.mark.parametrize(("storage", "expected"), [
+    ("/mnt/efs/nt/", "/mnt/efs/nt/quick"),
+    ("s3://bucket/nt", "s3://bucket/nt/quick"),
+    # pyarrow reads S3 options from the query: the study's folder goes into the path, before it
+    ("s3://bucket/nt/?endpoint_override=127.0.0.1:9000&scheme=http",
+     "s3://bucket/nt/quick?endpoint_override=127.0.0.1:9000&scheme=http"),
+])
+def test_the_experiment_path_appends_the_study_to_the_storage_path(storage, expected):
+    assert experiment_uri(storage, "quick") == expected
+
+
+def test_credentials_in_the_storage_uri_are_refused_without_echoing_them(tmp_path):
+    with pytest.raises(StudyError) as refused:
+        parse_spec(["--output", str(tmp_path), "--storage", "s3://AKIDEXAMPLE:wJalrXUtnFEMI@bucket/nt", "--smoke"])
+    message = str(refused.value)
+    assert "wJalrXUtnFEMI" not in message and "AKIDEXAMPLE" not in message
+    assert "s3://bucket/nt" in message and "AWS_SECRET_ACCESS_KEY" in message
+    assert not (tmp_path / "quick-smoke").exists()
