@@ -279,13 +279,12 @@ def test_a_real_search_tells_optuna_pruned_complete_and_fail(tmp_path, ray_local
     from helpers.optuna_states import PRESET as preset
 
     from search_spaces import PRESETS
-    from study import driver
     from study.run import EXIT_ERROR, main
 
-    monkeypatch.setattr(driver, "MAX_FAILURES", 0)  # the failing trial fails once, not three times
     monkeypatch.setitem(PRESETS, preset.name, preset)
     output = tmp_path / "results"
-    code = main(["--preset", preset.name, "--num-samples", "5", "--max-concurrent", "1", "--output", str(output)])
+    code = main(["--preset", preset.name, "--num-samples", "5", "--max-concurrent", "1", "--output", str(output),
+                 "--max-failures", "0"])  # the failing trial fails once, not eleven times
     assert code == EXIT_ERROR, "the failing trial ends in error; the others run"
     counts = check_search(output / preset.name, preset.name, samples=5)
     assert counts.get("FAIL") == 1 and counts.get("PRUNED", 0) >= 1 and counts.get("COMPLETE", 0) >= 1, counts
