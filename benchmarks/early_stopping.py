@@ -15,8 +15,9 @@ early side's pruned trials fed it).
 Prints the trial-epochs each side spent (pre-training, probe evaluations and fine-tuning), the wall time
 of each side's trials, each side's best validation objective and that trial's test score, the Spearman
 rank correlation between each probe rung and the final validation objective over the full run's
-trials, what a probe costs against a pre-training epoch, and last the ratios of epochs and wall time
-early/full. Targets: both <= 0.40, the best validation objective within 0.01 of the full run's, a
+trials with its 95% interval, what a probe costs against a pre-training epoch, both sides' epochs priced
+at the same per-epoch seconds (the wall ratio with the load taken out), and last the ratios of epochs and
+wall time early/full. Targets: both <= 0.40, the best validation objective within 0.01 of the full run's, a
 probe <= 0.3 of a pre-training epoch::
 
     python benchmarks/early_stopping.py [--trials 12] [--image-size 32] [--images-per-class 30]
@@ -93,6 +94,15 @@ def test_score(history: pd.DataFrame, trial_id: str, last: int = 5) -> float:
     return float(rows.sort_values("epoch")["finetune/test_mean_iu"].dropna().tail(last).mean())
 
 
+def spearman_interval(rho: float, n: int) -> tuple[float, float]:
+    """95% interval of a Spearman rho over n pairs: Fisher's z with the variance 1.06 / (n - 3) of
+    Fieller, Hartley & Pearson (1957); (nan, nan) below 4 pairs."""
+    if n < 4 or not np.isfinite(rho):
+        return float("nan"), float("nan")
+    z, half = np.arctanh(np.clip(rho, -0.999999, 0.999999)), 1.96 * np.sqrt(1.06 / (n - 3))
+    return float(np.tanh(z - half)), float(np.tanh(z + half))
+
+
 def rung_correlations(full: dict, rungs: tuple[int, ...]) -> list[tuple[int, float, int]]:
     """(probe epoch, Spearman rho between its probe value and the final objective, n) over the full run."""
     history, trials = full["history"], full["trials"].set_index("trial_id")
@@ -117,6 +127,20 @@ def probe_cost(frames: dict[str, pd.DataFrame]) -> tuple[float, float]:
     return float(probe), float(plain.median()) if len(plain) else float("nan")
 
 
+def finetune_epoch_cost(frames: dict[str, pd.DataFrame]) -> float:
+    """Median seconds of a fine-tuning epoch (Ray's ``time_this_iter_s``) in the full run."""
+    reports = pd.concat(list(frames.values()), ignore_index=True)
+    return float(reports.loc[reports["phase"] == "finetune", "time_this_iter_s"].median())
+
+
+def priced(result: dict, probe_s: float, pretrain_s: float, finetune_s: float) -> float:
+    """Seconds a side's trial-epochs cost at one set of per-epoch prices: the wall-time ratio with the
+    machine's load taken out (both sides priced alike), for when the two sides ran at different loads."""
+    probes = int(result["history"]["probe/val_mean_iu"].notna().sum())
+    return (result["epochs"]["pretrain"] * pretrain_s + probes * probe_s
+            + result["epochs"]["finetune"] * finetune_s)
+
+
 def _missing(value) -> bool:
     return value is None or (isinstance(value, float) and np.isnan(value))
 
@@ -135,8 +159,10 @@ def report(early: dict, full: dict, args: argparse.Namespace) -> None:
               f"{result['errors']} errors; trials {result['fit']:.1f} s; best validation objective "
               f"{result['best']:.4f}, that trial's test score {result['best_test']:.4f}")
     for epoch, rho, n in rung_correlations(full, rungs):
+        low, high = spearman_interval(rho, n)
         print(f"probe rung pre-training epoch {epoch}: Spearman rho with the final validation objective {rho:+.3f} "
-              f"over {n} trials{'' if rho >= MIN_RUNG_CORRELATION else ' (below 0.5: move this rung later)'}")
+              f"(95% interval {low:+.2f} to {high:+.2f}) over {n} trials"
+              f"{'' if rho >= MIN_RUNG_CORRELATION else ' (below 0.5: move this rung later)'}")
     probe_s, epoch_s = probe_cost(full["frames"])
     print(f"a probe costs {probe_s:.2f} s, a pre-training epoch without one {epoch_s:.2f} s: ratio "
           f"{probe_s / epoch_s:.3f} (target <= {PROBE_COST_TARGET}: {verdict(probe_s / epoch_s <= PROBE_COST_TARGET)})")
@@ -145,6 +171,11 @@ def report(early: dict, full: dict, args: argparse.Namespace) -> None:
           f"(target <= {OBJECTIVE_TOLERANCE}: {verdict(gap <= OBJECTIVE_TOLERANCE)})")
     ratio = early["epochs"]["total"] / full["epochs"]["total"]
     print(f"ratio epochs early/full {ratio:.3f} (target <= {RATIO_TARGET:.2f}: {verdict(ratio <= RATIO_TARGET)})")
+    finetune_s = finetune_epoch_cost(full["frames"])
+    cost = priced(early, probe_s, epoch_s, finetune_s) / priced(full, probe_s, epoch_s, finetune_s)
+    print(f"ratio cost early/full {cost:.3f} (both sides' epochs priced at the full run's medians: pre-training "
+          f"{epoch_s:.2f} s, probe {probe_s:.2f} s, fine-tuning {finetune_s:.2f} s; what the wall ratio would be "
+          f"at equal load)")
     wall = early["fit"] / full["fit"]
     print(f"ratio wall early/full {wall:.3f} (target <= {RATIO_TARGET:.2f}: {verdict(wall <= RATIO_TARGET)})")
 
