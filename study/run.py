@@ -15,9 +15,14 @@ EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, the shell's convention); con
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, validate, run (or, with ``--print-configs``, print what would run); the exit code (above). A
     bad value is one line on stderr and exit code 2, before Ray starts."""
+    import faulthandler
+    import signal
+
     from study.lock import StudyLocked
     from study.spec import StudyError, list_presets, parse_spec
 
+    # A driver that seems stuck says where: `kill -USR1 <pid>` prints every thread's stack to stderr.
+    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
     try:
         spec = parse_spec(argv)
         if spec is None:

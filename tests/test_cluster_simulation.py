@@ -189,11 +189,16 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
     assert {r["pid"] for r in results if r["node_id"] == lost} <= set(killed)
     # Ray's reports: epochs 1..k on the lost node, each reported with its checkpoint, then k+1..EPOCHS on the
     # new node: the restart began at the last checkpoint, and the loss was the epoch in progress only
+    # (or, in the window below, the last reported epoch as well)
     epochs = [(r["epoch_total"], r["node_id"][-5:]) for r in results]
     done_there = [r["epoch_total"] for r in results if r["node_id"] == lost]
     resumed = [r["epoch_total"] for r in results if r["node_id"] != lost]
     assert len(done_there) >= 2 and done_there == list(range(1, len(done_there) + 1)), epochs
-    assert resumed == list(range(done_there[-1] + 1, EPOCHS + 1)), epochs
+    # Ray restores from the last checkpoint its driver registered. A checkpoint is in the storage (what the
+    # wait above sees) before the driver has registered it, and the node can die in between: then the last
+    # reported epoch runs again (seen under load in CI). Anything older than that is a lost checkpoint.
+    assert resumed[0] in (done_there[-1], done_there[-1] + 1), epochs
+    assert resumed == list(range(resumed[0], EPOCHS + 1)), epochs
     trials = pd.read_parquet(output / "preempted" / "trials.parquet")
     assert trials["status"].tolist() == ["TERMINATED"] and trials["trial_id"].tolist() == [trial_id]
     assert_every_epoch_once(output / "preempted", trials, study.tail())

@@ -66,3 +66,20 @@ def test_a_study_with_a_diverged_trial_exports_everything_then_exits_1_and_says_
     failed = log.split("[noisy-transfer] DIVERGED ")[1].splitlines()[0]
     assert "non-finite loss" in failed and trials.loc["Diverges", "error"] in failed, log[-4000:]
     assert "1 trial(s) ended in error" in log
+
+
+def test_sigusr1_prints_every_threads_stack_and_the_driver_carries_on():
+    # What a stuck driver's log shows after `kill -USR1 <pid>` (README); tests/test_faults.py sends it to a
+    # driver that misses its deadline. Without the handler SIGUSR1 would end the process.
+    code = textwrap.dedent("""
+        import os, signal, sys
+        from study.run import main
+        assert main(["--list-presets"]) == 0
+        os.kill(os.getpid(), signal.SIGUSR1)
+        print("still running")
+    """)
+    done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
+                          env={**os.environ, "PYTHONPATH": str(ROOT)})
+    assert done.returncode == 0, done.stderr
+    assert "still running" in done.stdout
+    assert "Current thread" in done.stderr and 'File "<string>", line 5' in done.stderr, done.stderr

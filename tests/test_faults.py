@@ -103,7 +103,10 @@ class Driver:
         deadline = time.monotonic() + DEADLINE_S
         while self.proc.poll() is None:
             self.track()
-            assert time.monotonic() < deadline, f"driver did not finish in {DEADLINE_S} s{self.tail()}"
+            if time.monotonic() >= deadline:
+                self.proc.send_signal(signal.SIGUSR1)  # study/run.py prints every thread's stack: where it hangs
+                time.sleep(2)
+                raise AssertionError(f"driver did not finish in {DEADLINE_S} s{self.tail(12000)}")
             time.sleep(0.2)
         return self.proc.returncode
 
