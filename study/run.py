@@ -12,17 +12,26 @@ EXIT_USAGE = 2  # bad input, refused before Ray starts
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, the shell's convention); continue with --resume
 
 
+def _stacks_on_sigusr1() -> None:
+    """A driver that seems stuck says where: ``kill -USR1 <pid>`` prints every thread's stack to stderr.
+    Left out where stderr is no file (pytest's capture, a notebook): faulthandler writes to a descriptor."""
+    import faulthandler
+    import io
+    import signal
+
+    try:
+        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+    except (AttributeError, ValueError, io.UnsupportedOperation):
+        pass
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     """Parse, validate, run (or, with ``--print-configs``, print what would run); the exit code (above). A
     bad value is one line on stderr and exit code 2, before Ray starts."""
-    import faulthandler
-    import signal
-
     from study.lock import StudyLocked
     from study.spec import StudyError, list_presets, parse_spec
 
-    # A driver that seems stuck says where: `kill -USR1 <pid>` prints every thread's stack to stderr.
-    faulthandler.register(signal.SIGUSR1, all_threads=True, chain=False)
+    _stacks_on_sigusr1()
     try:
         spec = parse_spec(argv)
         if spec is None:
