@@ -7,7 +7,7 @@ Prints test accuracy, mean recall and mean F1 per epoch, then the majority basel
 predicted negative) and last the ratio P+N mean F1 / majority mean F1, which must be far above 1::
 
     python benchmarks/pu_sanity.py [--images-per-class N] [--epochs N] [--lr LR] [--batch-size B]
-        [--head-scale S] [--seed 0] [--setups pn,pu]
+        [--lr-schedule constant|cosine] [--head-scale S] [--seed 0] [--setups pn,pu]
 
 Target (issue 19): P+N clean mean F1 >= 0.70 and accuracy >= 0.80, flat over the last epochs.
 """
@@ -65,6 +65,8 @@ def main() -> None:
     parser.add_argument("--epochs", type=int, default=recipe["epochs"])
     parser.add_argument("--lr", type=float, default=recipe["lr"])
     parser.add_argument("--batch-size", type=int, default=recipe["batch_size"])
+    parser.add_argument("--lr-schedule", default=recipe.get("lr_schedule", "constant"),
+                        help="constant | cosine (PUClassificationConfig.lr_schedule)")
     parser.add_argument("--head-scale", type=float, default=None,
                         help="cifar_cnn's head_scale (default: trainables.models.CIFAR_HEAD_SCALE)")
     parser.add_argument("--seed", type=int, default=0)
@@ -76,7 +78,8 @@ def main() -> None:
         pu.build_model = functools.partial(_build_with_head_scale, head_scale=args.head_scale)
     print(machine_line())
     values = {**recipe, "data": "synthetic", "seed": args.seed, "images_per_class": args.images_per_class,
-              "epochs": args.epochs, "lr": args.lr, "batch_size": args.batch_size, "num_threads": args.threads,
+              "epochs": args.epochs, "lr": args.lr, "lr_schedule": args.lr_schedule, "batch_size": args.batch_size,
+              "num_threads": args.threads,
               "data_cache": args.cache_dir}
     print(f"recipe: {values}  head_scale {args.head_scale or 'default'}")
     torch.set_num_threads(args.threads)

@@ -128,8 +128,9 @@ def test_keep_fraction_per_class_rejects_a_bad_fraction():
         keep_fraction_per_class(data, 1.5, np.random.default_rng(0))
 
 
-def test_resume_from_a_saved_checkpoint_ends_like_an_uninterrupted_run(data_cache, tmp_path):
-    cfg = synthetic(data_cache, epochs=3, loss="bootstrap_neg", beta=0.8, warmup_epochs=1)
+@pytest.mark.parametrize("lr_schedule", ["constant", "cosine"])
+def test_resume_from_a_saved_checkpoint_ends_like_an_uninterrupted_run(data_cache, tmp_path, lr_schedule):
+    cfg = synthetic(data_cache, epochs=3, loss="bootstrap_neg", beta=0.8, warmup_epochs=1, lr_schedule=lr_schedule)
     uninterrupted = Recorder()
     final = run(cfg, uninterrupted)
 
@@ -147,6 +148,21 @@ def test_resume_from_a_saved_checkpoint_ends_like_an_uninterrupted_run(data_cach
     finished = Recorder()  # a run restored from its final state has nothing left to do
     assert run(cfg, finished, state=uninterrupted.states[-1]) == final
     assert finished.metrics == []
+
+
+def test_cosine_schedule_decays_the_lr_epoch_by_epoch_to_zero():
+    cfg = moons(epochs=4, lr=1e-2, lr_schedule="cosine")
+    reporter = Recorder()
+    run(cfg, reporter)
+    # After epoch e the next epoch's lr is lr * (1 + cos(pi * e / E)) / 2 (CosineAnnealingLR, eta_min 0).
+    lrs = [state["optimizer"]["param_groups"][0]["lr"] for state in reporter.states]
+    assert lrs == pytest.approx([1e-2 * (1 + np.cos(np.pi * e / 4)) / 2 for e in range(1, 5)], abs=1e-12)
+    assert lrs[-1] == pytest.approx(0.0, abs=1e-12)
+    assert reporter.states[-1]["scheduler"]["last_epoch"] == 4  # checkpointed, so a resume continues it
+    constant = Recorder()
+    run(moons(epochs=2, lr=1e-2), constant)
+    assert [state["optimizer"]["param_groups"][0]["lr"] for state in constant.states] == [1e-2, 1e-2]
+    assert constant.states[-1].get("scheduler") is None  # nothing to restore on resume
 
 
 def test_resume_refuses_a_state_from_another_config():

@@ -229,7 +229,8 @@ def test_table2_runs_the_ablation_and_each_data_kinds_recipe():
     synthetic = preset.trial_configs("synthetic")
     cifar = preset.trial_configs("cifar:/data/cifar")
     assert len(synthetic) == len(cifar) == 7 * 3
-    assert {(c["lr"], c["batch_size"]) for c in cifar} == {(1e-4, 128)}  # the thesis's recipe
+    assert {(c["lr"], c["batch_size"], c["lr_schedule"]) for c in cifar} == {(1e-4, 128, "constant")}  # the thesis's
+    assert {c["lr_schedule"] for c in synthetic} == {"cosine"}  # a converged last epoch (table2.RECIPES)
     assert {(c["lr"], c["batch_size"], c["epochs"]) for c in synthetic} == {
         (RECIPES["synthetic"]["lr"], RECIPES["synthetic"]["batch_size"], RECIPES["synthetic"]["epochs"])}
 

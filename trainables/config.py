@@ -350,6 +350,7 @@ def config_fields(cls: type) -> dict[str, str]:
 
 
 PU_SETUPS = ("pu", "pn")
+PU_LR_SCHEDULES = ("constant", "cosine")
 
 
 @dataclass(frozen=True)
@@ -379,6 +380,8 @@ class PUClassificationConfig:
     class_weighting: bool = spec(bool, default=False, doc="weight classes by observed label frequency")
     epochs: int = spec(int, lo=1, default=20)
     lr: float = spec(float, lo=1e-7, hi=10.0, default=1e-4, doc="Adam learning rate (thesis: 1e-4)")
+    lr_schedule: str = spec(str, choices=PU_LR_SCHEDULES, default="constant",
+                            doc="constant (thesis) | cosine: lr decays to 0 over `epochs`, epoch by epoch")
     weight_decay: float = spec(float, lo=0.0, hi=1.0, default=0.0)
     batch_size: int = spec(int, lo=1, hi=4096, default=128)
     objective_last_k: int = spec(int, lo=1, default=5,

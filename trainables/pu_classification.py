@@ -97,10 +97,10 @@ def run(
     train_data, val_data, test_data = _load_splits(cfg)
     train_set = ClassificationDataset(train_data)
     images = train_set.inputs.ndim == 4
-    model, optimizer = _build(cfg, train_data.num_classes, images, device)
+    model, optimizer, schedule = _build(cfg, train_data.num_classes, images, device)
     history: list[dict[str, Any]] = []
     if resume is not None:
-        resume.restore(model, optimizer)
+        resume.restore(model, optimizer, schedule)
         history = list(resume.history)
 
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
@@ -110,7 +110,7 @@ def run(
     # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
     # train_one_epoch is this module's name for it, so a test that patches it counts the epochs.
     loss_for = warmup_then(*make_losses(cfg, train_data, device), cfg.warmup_epochs)
-    trainer = EpochTrainer(model, optimizer, None, loader, loss_for, device,
+    trainer = EpochTrainer(model, optimizer, schedule, loader, loss_for, device,
                            autocast_dtype(device) if images else None, fit=train_one_epoch)
     evaluations = [Evaluation(split, every(1, cfg.epochs), lambda loader=loader: evaluate_classification(
         model, loader, train_data.num_classes, device=device)) for split, loader in scored.items()]
@@ -124,7 +124,7 @@ def run(
         history[-1]["objective"] = objective(history, cfg.objective_last_k)
         # Copies, not views of the live model: a reporter may keep the state while training goes on.
         checkpoint = Checkpoint(cfg.to_dict(), "train", result.epoch, history=[dict(entry) for entry in history],
-                                **training_state(model, optimizer, snapshot=True))
+                                **training_state(model, optimizer, schedule, snapshot=True))
         if result.last:  # what the driver turns into MLflow artifacts
             checkpoint.confusion = torch.as_tensor(scores["confusion"])
             if not images:  # Figure 4: the map, and marker sizes from the loss of the last epoch
@@ -155,16 +155,22 @@ def with_true_labels(data: ClassificationData) -> ClassificationData:
     return ClassificationData(data.inputs, data.true_labels.copy(), data.true_labels, data.class_names)
 
 
-def _build(cfg: PUClassificationConfig, num_classes: int, images: bool,
-           device: torch.device) -> tuple[SplitModel, torch.optim.Optimizer]:
-    """The freshly initialised classifier (8-layer CNN for images, MLP for the moons) and its Adam."""
+def _build(cfg: PUClassificationConfig, num_classes: int, images: bool, device: torch.device
+           ) -> tuple[SplitModel, torch.optim.Optimizer, torch.optim.lr_scheduler.LRScheduler | None]:
+    """The freshly initialised classifier (8-layer CNN for images, MLP for the moons), its Adam, and the
+    learning-rate schedule stepped once per epoch (None for ``lr_schedule="constant"``)."""
     # torch's default generator drives dropout; it is seeded here and every checkpoint holds its state,
     # so a resumed run continues the same stream. The initial weights come from their own stream.
     torch.manual_seed(stream_seed(cfg.seed, TORCH_STREAM))
     init = torch.Generator().manual_seed(stream_seed(cfg.seed, WEIGHTS_STREAM))
     model = build_model("cifar_cnn" if images else "moons_mlp", num_classes, generator=init)
     model = place_model(model, device) if images else model.to(device)  # channels_last on CUDA
-    return model, torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    optimizer = torch.optim.Adam(model.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+    # Cosine decay ends a short run on a small step size, so its last epochs are a converged model's
+    # rather than a snapshot of Adam still moving at full lr (benchmarks/pu_sanity.py measured both).
+    schedule = (torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs)
+                if cfg.lr_schedule == "cosine" else None)
+    return model, optimizer, schedule
 
 
 def objective(history: list[dict[str, Any]], last_k: int) -> float:
