@@ -4,7 +4,8 @@ logging, a checkpoint every epoch)
 Runs, side by side in one process run:
 
 1. bare: one trial's training as a plain PyTorch loop in this process (load the data, pre-train with a
-   validation pass per epoch and a test pass at the end, transfer g, fine-tune with a test pass per epoch),
+   validation pass per epoch and a test pass at the end, transfer g, fine-tune with a validation and a test
+   pass per epoch),
    with no reports and no checkpoints;
 2. study without reuse: ``--trials`` trials (seeds) of the same config through ``study/run.py``'s ``main()``
    on a fresh local Ray with the trial's CPUs, one at a time, each in a fresh worker process
@@ -96,8 +97,9 @@ def bare_loop(cfg: PretrainFinetuneConfig) -> dict:
     model = build_model(cfg.model, data.finetune_train.num_classes, generator=generator, width=cfg.width)
     transfer_features(donor, model)
     reset_head(model, torch.Generator().manual_seed(stream_seed(cfg.seed, "head")))
+    # The trainable scores the fine-tuning validation split every epoch too (it feeds `objective`).
     scores = phase("finetune", model, data.finetune_train, cfg.lr_finetune, cfg.epochs_finetune, make_loss("ce"),
-                   [(data.finetune_test, True)])
+                   [(data.finetune_val, True), (data.finetune_test, True)])
     # What a per-epoch checkpoint of this model costs to write (the study side writes one each epoch).
     state = {"model": model.state_dict(), "epoch": cfg.epochs_finetune}
     with tempfile.TemporaryDirectory() as folder:

@@ -11,6 +11,9 @@ One run measures, side by side:
    (``--compile``; compiling takes a minute or more). Each variant prints its FLOP/s and how far its
    parameters after ``CHECK_STEPS`` steps are from the float32 baseline's (float noise is ~1e-6).
 
+Then the reason for the gap, measured with ``torch.profiler``: the share of the step's op time in the
+FLOP-doing ops (convolutions, matrix products), their own rate, and the bound on the ratio if they ran at
+the attainable rate while the memory-bound rest took what it takes now.
 Prints ``ratio achieved/attainable`` last: the baseline step's FLOP/s over the larger attainable figure.
 Target: >= 0.50. Timings keep the best of ``--repeats`` on shared cores::
 
@@ -21,14 +24,16 @@ Target: >= 0.50. Timings keep the best of ``--repeats`` on shared cores::
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
 
-import torch
-from torch import nn
-from torch.utils.flop_counter import FlopCounterMode
+os.environ.setdefault("KINETO_LOG_LEVEL", "5")  # torch.profiler on a CPU: no "gpuGetDeviceCount failed" error line
+import torch  # noqa: E402
+from torch import nn  # noqa: E402
+from torch.utils.flop_counter import FlopCounterMode  # noqa: E402
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 from _common import machine_line, verdict  # noqa: E402
@@ -116,6 +121,37 @@ class Step:
         return torch.cat([p.detach().reshape(-1).float() for p in self.model.parameters()])
 
 
+FLOP_OPS = ("conv", "addmm", "aten::mm", "aten::bmm")  # the ops FlopCounterMode counts (by name)
+
+
+def flop_op_share(step: Callable[[], object], steps: int) -> float:
+    """The share of a step's op time (torch.profiler's self CPU time, summed over ``steps`` steps) spent in
+    the ops that do the counted FLOPs: convolutions forward and backward, and matrix products."""
+    from torch.profiler import ProfilerActivity, profile
+
+    step()  # warm-up outside the profile
+    with profile(activities=[ProfilerActivity.CPU]) as prof:
+        for _ in range(steps):
+            step()
+    events = prof.key_averages()
+    total = sum(event.self_cpu_time_total for event in events)
+    flop_time = sum(event.self_cpu_time_total for event in events if any(op in event.key for op in FLOP_OPS))
+    return flop_time / total
+
+
+def print_bound(baseline: dict, attainable: float, share: float) -> None:
+    """Why the step stays below the attainable rate: the time outside the FLOP ops (memory-bound batch
+    norm, ReLU, pooling, upsampling, the loss and the optimizer) and the FLOP ops' own rate."""
+    flop_ops_rate = baseline["rate"] / share  # the FLOP ops' FLOP/s while they run
+    # If the FLOP ops ran at the attainable rate and everything else took the time it takes now:
+    fastest = baseline["flops"] / attainable + (1.0 - share) * baseline["seconds"]
+    print(f"time in FLOP ops (conv fwd/bwd, matmul) {share:.1%} of the step; they run at "
+          f"{flop_ops_rate / 1e9:.2f} GFLOP/s = {flop_ops_rate / attainable:.2f} of attainable; the rest "
+          f"{(1.0 - share) * baseline['seconds'] * 1000:.0f} ms/step is memory-bound work no FLOP counts")
+    print(f"bound: with every FLOP op at the attainable rate the step would reach "
+          f"{baseline['flops'] / fastest / attainable:.3f} of attainable")
+
+
 def cpu_has_bf16() -> bool:
     """Native bf16 arithmetic (AVX512-BF16 or AMX): without it bf16 is emulated and slower."""
     try:
@@ -196,6 +232,7 @@ def main() -> None:
         mkldnn = options.pop("mkldnn", True)
         with torch.backends.mkldnn.flags(enabled=mkldnn):
             print_variant(variant, run_variant(args, batch_size, reference if same else None, **options), baseline)
+    print_bound(baseline, attainable, flop_op_share(Step(args, args.batch_size), args.steps))
     ratio = baseline["rate"] / attainable
     print(f"ratio achieved/attainable {ratio:.3f} (step {baseline['rate'] / 1e9:.2f} GFLOP/s over "
           f"{attainable / 1e9:.2f}; target >= {TARGET:.2f}: {verdict(ratio >= TARGET)})")
