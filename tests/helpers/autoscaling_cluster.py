@@ -346,7 +346,7 @@ def autoscaling_cluster(tmp_path: Path, idle_timeout_minutes: float = IDLE_TIMEO
             break
         except RuntimeError:
             try:
-                _stop(nodes, temp_dir)
+                _stop(nodes, [temp_dir])
             finally:
                 _keep_logs(temp_dir, tmp_path, attempt)
             if attempt == HEAD_ATTEMPTS:
@@ -367,6 +367,6 @@ def autoscaling_cluster(tmp_path: Path, idle_timeout_minutes: float = IDLE_TIMEO
             if watcher is not None:
                 watcher.kill()
                 watcher.wait(30)
-            _stop(nodes, temp_dir)
+            _stop(nodes, [temp_dir])
         finally:
             _keep_logs(temp_dir, tmp_path, attempt)

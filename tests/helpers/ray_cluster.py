@@ -4,7 +4,11 @@
 interpreter's environment (``ray start --block``, one process per node, so each node has a pid to stop),
 waits until both are alive, yields a ``LocalRayCluster`` and always stops both nodes, also when the body
 raises. Each node gets 1 CPU and its own custom resource (``node_head`` or ``node_worker``), so a task
-can be pinned to either node.
+can be pinned to either node. With ``dashboard=True`` the head also runs Ray's dashboard on a free
+loopback port, which serves Ray Jobs (``ray job submit``; needs ``ray[default]``), and the second node
+gets a temp dir of its own, as on another machine: every node unpacks a job's ``--working-dir`` into
+its session folder, and the second node's unpacking into a shared one replaced the folder that the
+running job driver on the head had as its working directory.
 
 It stays out of the way of any other Ray on the machine: every port is a free one, the Ray temp dir is a
 fresh short ``/tmp/rt-*`` (Unix socket paths must stay under ~107 characters, which pytest's tmp_path
@@ -74,8 +78,12 @@ class LocalRayCluster:
             RAY_AUTH_MODE=token and RAY_AUTH_TOKEN_PATH (pass ``env=dict(cluster.env)``).
         head_node_id: Ray node id (hex) of the head, the node holding ``node_head``.
         worker_node_id: Ray node id (hex) of the second node, holding ``node_worker``.
-        temp_dir: the Ray temp dir shared by both nodes (sessions, logs, sockets).
+        temp_dir: the Ray temp dir of the head, shared by both nodes (sessions, logs, sockets) unless
+            ``worker_temp_dir`` is set.
         node_pids: pids of the head's and the worker's ``ray start --block`` process.
+        dashboard_url: ``http://127.0.0.1:PORT`` of the head's dashboard (the Ray Jobs server), or None
+            when the cluster was started without it.
+        worker_temp_dir: the second node's own Ray temp dir (with the dashboard), else None.
     """
 
     address: str
@@ -84,6 +92,8 @@ class LocalRayCluster:
     worker_node_id: str
     temp_dir: Path
     node_pids: tuple[int, int]
+    dashboard_url: str | None = None
+    worker_temp_dir: Path | None = None
 
 
 def ray_cli() -> str:
@@ -120,8 +130,12 @@ def _node_args(temp_dir: Path, resource: str) -> list[str]:
     ]
 
 
-def _head_args(temp_dir: Path) -> list[str]:
-    args = ["--head", f"--port={free_port()}", "--include-dashboard=false"]
+def _head_args(temp_dir: Path, dashboard_port: int | None = None) -> list[str]:
+    args = ["--head", f"--port={free_port()}"]
+    if dashboard_port is None:
+        args.append("--include-dashboard=false")
+    else:
+        args += ["--include-dashboard=true", "--dashboard-host=127.0.0.1", f"--dashboard-port={dashboard_port}"]
     # The Ray Client server starts only where grpc is installed, at 10001 unless told otherwise, and
     # `ray start` refuses the flag where grpc is missing.
     if importlib.util.find_spec("grpc") is not None:
@@ -187,25 +201,25 @@ def _wait_for_nodes(env: Mapping[str, str], deadline: float) -> dict[str, str]:
     return found
 
 
-def _processes_of(nodes: list[subprocess.Popen], temp_dir: Path) -> list[psutil.Process]:
+def _processes_of(nodes: list[subprocess.Popen], temp_dirs: list[Path]) -> list[psutil.Process]:
     """Every live process this cluster started: the `ray start` processes, their descendants, and any
-    process (reparented daemons included) whose command line names the cluster's temp dir."""
+    process (reparented daemons included) whose command line names one of the cluster's temp dirs."""
     found: dict[int, psutil.Process] = {}
     for node in nodes:
         with contextlib.suppress(psutil.NoSuchProcess):
             root = psutil.Process(node.pid)
             for proc in [root, *root.children(recursive=True)]:
                 found[proc.pid] = proc
-    marker = str(temp_dir)
+    markers = [str(temp_dir) for temp_dir in temp_dirs]
     for proc in psutil.process_iter(["cmdline"]):
-        if any(marker in part for part in proc.info["cmdline"] or ()):
+        if any(marker in part for part in proc.info["cmdline"] or () for marker in markers):
             found.setdefault(proc.pid, proc)
     return [proc for proc in found.values() if proc.pid != os.getpid()]
 
 
-def _stop(nodes: list[subprocess.Popen], temp_dir: Path) -> None:
+def _stop(nodes: list[subprocess.Popen], temp_dirs: list[Path]) -> None:
     """Stop the nodes (worker first), kill whatever of theirs survives; raise if anything still runs."""
-    started = _processes_of(nodes, temp_dir)
+    started = _processes_of(nodes, temp_dirs)
     for node in reversed(nodes):
         node.terminate()
         try:
@@ -214,13 +228,30 @@ def _stop(nodes: list[subprocess.Popen], temp_dir: Path) -> None:
             # `ray start --block` ignores SIGTERM while its C++ side waits on an unreachable GCS
             node.kill()
             node.wait(STOP_GRACE_S)
-    survivors = [proc for proc in started + _processes_of(nodes, temp_dir) if proc.is_running()]
+    survivors = [proc for proc in started + _processes_of(nodes, temp_dirs) if proc.is_running()]
     for proc in survivors:
         with contextlib.suppress(psutil.NoSuchProcess):
             proc.kill()
     _, alive = psutil.wait_procs(survivors, timeout=STOP_GRACE_S)
     if alive:
         raise RuntimeError(f"Ray processes still running after teardown: {[p.pid for p in alive]}")
+
+
+def _wait_for_dashboard(url: str, env: Mapping[str, str], deadline: float) -> None:
+    """Return once the dashboard's job server answers (its version route, with the cluster's token)."""
+    import urllib.request
+
+    token = Path(env["RAY_AUTH_TOKEN_PATH"]).read_text().strip()
+    request = urllib.request.Request(f"{url}/api/version", headers={"Authorization": f"Bearer {token}"})
+    while True:
+        try:
+            with urllib.request.urlopen(request, timeout=10) as response:
+                if response.status == 200:
+                    return
+        except OSError as err:
+            if time.monotonic() > deadline:
+                raise RuntimeError(f"the dashboard at {url} did not answer within {START_TIMEOUT_S} s: {err}")
+        time.sleep(0.5)
 
 
 def _write_token(path: Path) -> None:
@@ -231,12 +262,13 @@ def _write_token(path: Path) -> None:
 
 
 @contextlib.contextmanager
-def local_two_node_cluster(tmp_path: Path) -> Iterator[LocalRayCluster]:
+def local_two_node_cluster(tmp_path: Path, dashboard: bool = False) -> Iterator[LocalRayCluster]:
     """Start a head and a second Ray node on this machine, token auth on; stop both on exit.
 
     Args:
         tmp_path: a directory for the token file, the `ray start` outputs and, after teardown, a copy
             of the cluster's logs (``ray_logs/``).
+        dashboard: also run the dashboard (the Ray Jobs server) on the head, on a free loopback port.
 
     Yields:
         The running cluster: its address, a driver environment and both node ids.
@@ -251,16 +283,22 @@ def local_two_node_cluster(tmp_path: Path) -> Iterator[LocalRayCluster]:
     node_env = {**base, "RAY_AUTH_MODE": "token", "RAY_AUTH_TOKEN_PATH": str(token_path)}
     start_logs = [tmp_path / "ray_start_head.log", tmp_path / "ray_start_worker.log"]
     temp_dir = Path(mkdtemp(prefix="rt-", dir="/tmp"))
+    worker_temp_dir = Path(mkdtemp(prefix="rt-", dir="/tmp")) if dashboard else None
+    temp_dirs = [temp_dir] if worker_temp_dir is None else [temp_dir, worker_temp_dir]
     nodes: list[subprocess.Popen] = []
     try:
         deadline = time.monotonic() + START_TIMEOUT_S
         try:
-            nodes.append(_start_node(_head_args(temp_dir), node_env, start_logs[0]))
+            dashboard_port = free_port() if dashboard else None
+            nodes.append(_start_node(_head_args(temp_dir, dashboard_port), node_env, start_logs[0]))
             address = _wait_for_address(nodes[0], temp_dir, deadline)
-            worker_args = [f"--address={address}", *_node_args(temp_dir, WORKER_RESOURCE)]
+            worker_args = [f"--address={address}", *_node_args(temp_dirs[-1], WORKER_RESOURCE)]
             nodes.append(_start_node(worker_args, node_env, start_logs[1]))
             driver_env = {**node_env, "RAY_ADDRESS": address}
             node_ids = _wait_for_nodes(driver_env, deadline)
+            dashboard_url = None if dashboard_port is None else f"http://127.0.0.1:{dashboard_port}"
+            if dashboard_url is not None:
+                _wait_for_dashboard(dashboard_url, driver_env, deadline)
         except RuntimeError as err:
             raise RuntimeError(f"{err}\n{_logs_report(temp_dir, start_logs)}") from err
         yield LocalRayCluster(
@@ -270,12 +308,15 @@ def local_two_node_cluster(tmp_path: Path) -> Iterator[LocalRayCluster]:
             worker_node_id=node_ids[WORKER_RESOURCE],
             temp_dir=temp_dir,
             node_pids=(nodes[0].pid, nodes[1].pid),
+            dashboard_url=dashboard_url,
+            worker_temp_dir=worker_temp_dir,
         )
     finally:
         try:
-            _stop(nodes, temp_dir)
+            _stop(nodes, temp_dirs)
         finally:
-            logs_dir = temp_dir / "session_latest" / "logs"
-            if logs_dir.is_dir():
-                shutil.copytree(logs_dir, tmp_path / "ray_logs", dirs_exist_ok=True)
-            shutil.rmtree(temp_dir)
+            for name, folder in zip(("ray_logs", "ray_logs_worker"), temp_dirs):
+                logs_dir = folder / "session_latest" / "logs"
+                if logs_dir.is_dir():
+                    shutil.copytree(logs_dir, tmp_path / name, dirs_exist_ok=True)
+                shutil.rmtree(folder)
