@@ -33,13 +33,9 @@ from study.progress import StudyProgress, quiet_libraries, ray_console
 from study.relocate import artifact_location, relocate
 from study.resources import grid_limit, searcher_limit
 from study.spec import Secrets, StudyError, StudySpec
-from study.tracking import (
-    MLflowTrials,
-    close_parent_run,
-    delete_orphan_runs,
-    log_study_summary,
-    open_parent_run,
-)
+from study.faults import is_transient
+from study.replay import OUTBOX_FILE, Outbox, fail_fast_http, replay, unlogged_message
+from study.tracking import MLflowTrials, TrackingWriter, delete_orphan_runs, open_parent_run, study_summary_op
 
 TRAINABLES = {
     "pretrain_finetune": "trainables.pretrain_finetune:pretrain_finetune",
@@ -311,11 +307,13 @@ class OpenStudy:
 @dataclass(frozen=True)
 class StudyOutcome:
     """How a study run ended: ``status`` FINISHED (every trial ended), KILLED (interrupted) or FAILED
-    (the driver itself failed); ``errored``: trials that ended in error."""
+    (the driver itself failed); ``errored``: trials that ended in error; ``unlogged``: MLflow writes left
+    in the study's outbox because the tracking server could not be reached (study.replay)."""
 
     study_dir: Path
     status: str
     errored: int
+    unlogged: int = 0
 
 
 def run_study(spec: StudySpec) -> StudyOutcome:
@@ -362,9 +360,12 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
     local_store = spec.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in spec.tracking_uri
     if spec.resume and (study_dir / "mlflow.db").is_file():
         relocate(study_dir)  # the folder may have moved since the study started
+    if spec.resume and Outbox(study_dir / OUTBOX_FILE).pending():  # what a previous session could not log
+        replay(study_dir, spec.tracking_uri, lock=False)  # goes first, in its order; run_study holds the lock
     client = MlflowClient(spec.tracking_uri)
     experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume,
                                                    artifact_location(study_dir) if local_store else None)
+    fail_fast_http()  # from here on a dead tracking server is queued for, not waited on (study.tracking)
     study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id, time.time())
     (study_dir / "study.json").write_text(json.dumps(study_meta(study), indent=2))
     return study
@@ -429,7 +430,8 @@ def run_config(study: OpenStudy) -> Any:
     # A search's child runs and Optuna trials name each other (study.optuna_search)
     link = OptunaLink(optuna_storage_url(spec.study_dir), spec.name) if study.preset.is_search else None
     mlflow_trials = MLflowTrials(spec.tracking_uri, study.experiment_id, study.parent_run_id,
-                                 spec.study_dir / "artifacts", study.secrets, source_tags(), optuna_link=link)
+                                 spec.study_dir / "artifacts", study.secrets, source_tags(), optuna_link=link,
+                                 outbox=spec.study_dir / OUTBOX_FILE)
     progress = StudyProgress(study.expected_trials, spec.progress, study.preset.metric, study.preset.mode)
     # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
@@ -465,14 +467,20 @@ def finish_study(study: OpenStudy, outcome: StudyOutcome) -> StudyOutcome:
     if errored:
         print(f"[noisy-transfer] {errored} trial(s) ended in error: see the error column of "
               f"{study.spec.study_dir / 'trials.parquet'} and the FAILED lines above")
-    summarize_in_parent_run(study, trials)
-    close_parent_run(study.client, study.parent_run_id, status)
-    return StudyOutcome(study.spec.study_dir, status, errored)
+    writer = TrackingWriter(study.spec.tracking_uri, study.spec.study_dir / OUTBOX_FILE, redact=study.secrets.redact)
+    summarize_in_parent_run(study, trials, status, writer)
+    unlogged = writer.flush(force=True)  # with retries: the last chance before the study ends
+    if unlogged or writer.outbox.dropped():
+        print(unlogged_message(study.spec.study_dir, unlogged, writer.outbox.dropped(),
+                               study.secrets.redact(study.spec.tracking_uri)))
+    return StudyOutcome(study.spec.study_dir, status, errored, unlogged)
 
 
-def summarize_in_parent_run(study: OpenStudy, trials: pd.DataFrame | None) -> None:
-    """Write report.md (tables and figures) and log it, the parquet files and summary metrics to the
-    parent run. Neither may lose the study's results: a failure is printed, not raised."""
+def summarize_in_parent_run(study: OpenStudy, trials: pd.DataFrame | None, status: str,
+                            writer: TrackingWriter) -> None:
+    """Write report.md (tables and figures); log it, the parquet files and summary metrics to the parent
+    run and close it with ``status`` (queued while the tracking server is down). Neither may lose the
+    study's results: a failure is printed, not raised."""
     study_dir = study.spec.study_dir
     try:
         from analysis.report import write_report
@@ -482,8 +490,8 @@ def summarize_in_parent_run(study: OpenStudy, trials: pd.DataFrame | None) -> No
     except Exception as error:  # the report is a convenience; the parquet files are the result
         print(f"[noisy-transfer] report.md not written: {error}")
     try:
-        log_study_summary(study.client, study.parent_run_id, trials, study.preset.metric, study.preset.mode,
-                          time.time() - study.started_at, study_dir)
+        writer.submit(study_summary_op(study.parent_run_id, trials, study.preset.metric, study.preset.mode,
+                                       time.time() - study.started_at, study_dir, status))
     except Exception as error:  # an unreachable tracking server must not hide the exported results
         print(f"[noisy-transfer] the study's summary was not logged to MLflow: {error}")
 
@@ -504,14 +512,15 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
     except Exception as error:  # nothing ran yet: no state to export
         print(f"[noisy-transfer] nothing to export yet ({error})")
         return None
-    if state_complete:
-        orphans = delete_orphan_runs(client, experiment_id, parent_run_id, {t.trial_id for t in analysis.trials})
-        if orphans:
-            print(f"[noisy-transfer] deleted {len(orphans)} MLflow run(s) of trials a killed driver had started "
-                  f"and Ray Tune never recorded (they ran again under new ids): {', '.join(orphans)}")
-    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
-                              max_results=50_000)
-    run_ids = {run.data.tags.get("trial_id", ""): run.info.run_id for run in runs}
+    try:
+        run_ids = mlflow_run_ids(client, experiment_id, parent_run_id,
+                                 {t.trial_id for t in analysis.trials} if state_complete else None)
+    except Exception as error:  # the tracking server is down: the parquet files are written all the same
+        if not is_transient(error):
+            raise
+        run_ids = TrackingWriter(spec.tracking_uri, spec.study_dir / OUTBOX_FILE).outbox.runs()
+        print("[noisy-transfer] MLflow unreachable while exporting: mlflow_run_id is filled in for the runs "
+              "this driver created only")
     trials, history = trial_frames(
         analysis.trials, analysis.trial_dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
         config_keys=[f.name for f in fields(config_cls)], secrets=secrets,
@@ -522,6 +531,19 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
     print(f"[noisy-transfer] wrote {spec.study_dir / 'trials.parquet'} ({len(trials)} trials) and "
           f"{spec.study_dir / 'history.parquet'} ({len(history)} rows)")
     return trials
+
+
+def mlflow_run_ids(client: Any, experiment_id: str, parent_run_id: str, ray_trials: set[str] | None) -> dict[str, str]:
+    """Trial id -> child run id; with ``ray_trials`` (a complete experiment state), child runs of trials it
+    does not hold (left by a killed driver) are deleted first."""
+    if ray_trials is not None:
+        orphans = delete_orphan_runs(client, experiment_id, parent_run_id, ray_trials)
+        if orphans:
+            print(f"[noisy-transfer] deleted {len(orphans)} MLflow run(s) of trials a killed driver had started "
+                  f"and Ray Tune never recorded (they ran again under new ids): {', '.join(orphans)}")
+    runs = client.search_runs([experiment_id], filter_string=f"tags.`mlflow.parentRunId` = '{parent_run_id}'",
+                              max_results=50_000)
+    return {run.data.tags.get("trial_id", ""): run.info.run_id for run in runs}
 
 
 def parquet_metadata(spec: StudySpec) -> dict[str, str]:

@@ -16,12 +16,12 @@ from typing import Any, Iterable, Mapping
 import numpy as np
 import pandas as pd
 
-from study.faults import diverged
+from study.faults import failure
 from study.spec import Secrets
 from study.stops import ended_status, stopped_at
 from study.tracking import is_metric, trial_error_text
 from trainables.labels import pretrain_categories
-from trainables.runtime import DIVERGED
+from trainables.runtime import CONFIG_ERROR, DIVERGED
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
 TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "stopped_at", "error", DIVERGED,
@@ -72,11 +72,14 @@ def trial_frames(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame], 
 def trial_status(trial: Any, secrets: Secrets) -> dict[str, Any]:
     """``status``, ``stopped_at``, ``error`` and ``diverged`` of a trial's row. A diverged trial ended its
     training cleanly (Ray: TERMINATED) but failed: ``status`` ERROR, ``error`` the divergence message,
-    ``diverged`` 1 (0 for every other trial). A trial the scheduler stopped early is ``STOPPED`` with
+    ``diverged`` 1 (0 for every other trial). A trial whose config its trainable refused likewise:
+    ``status`` ERROR, ``error`` "invalid trial config: ...". A trial the scheduler stopped early is ``STOPPED`` with
     ``stopped_at`` saying where (:mod:`study.stops`)."""
-    message = diverged(trial.last_result)
-    if message is not None:
-        return {"status": "ERROR", "stopped_at": "", "error": secrets.redact(message)[:1000], DIVERGED: 1}
+    found = failure(trial.last_result)
+    if found is not None:
+        kind, message = found
+        return {"status": "ERROR", "stopped_at": "", "error": secrets.redact(message)[:1000],
+                DIVERGED: int(kind == DIVERGED)}
     status, last = str(trial.status), trial.last_result or {}
     return {"status": ended_status(status, last, trial.config),
             "stopped_at": stopped_at(last, trial.config) if status == "TERMINATED" else "",
@@ -94,8 +97,9 @@ def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
 
 def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:
     """One trial's reports as history rows: per-phase epoch unified in ``epoch``, metrics kept as is."""
-    if DIVERGED in frame:  # a diverged trial's last report holds no epoch, only the divergence
-        frame = frame.loc[frame[DIVERGED] != 1]
+    for flag in (DIVERGED, CONFIG_ERROR):  # a failed trial's last report holds no epoch, only the failure
+        if flag in frame:
+            frame = frame.loc[frame[flag] != 1]
     metric_columns = [c for c in frame.columns if c not in PHASE_EPOCH_KEYS and not c.startswith("config/")
                       and ("/" in c or c == "objective")]
     epoch = pd.Series(np.nan, index=frame.index)

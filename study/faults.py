@@ -4,6 +4,9 @@
   carries ``diverged = 1`` and the message (:func:`trainables.runtime.ending_on_divergence`), so Ray
   never retries it and ``--resume`` never reruns it. :func:`diverged` reads that report; the MLflow
   callback, the parquet export and the Optuna searcher use it to record the trial as failed.
+- A config error inside a trial (its trainable's config validation refused the config: a ``ValueError``)
+  is deterministic too: :func:`trainables.runtime.trial_config` ends the trial with one report that
+  carries ``config_error = 1`` and the message; :func:`failure` reads either kind of report.
 - A crash (a killed worker, a lost node, out of memory) is retried by Ray from the trial's last
   checkpoint, up to ``--max-failures`` times.
 - A transient MLflow error (a locked SQLite store, an HTTP 5xx, a dropped connection) is retried with
@@ -16,13 +19,16 @@ import time
 from collections.abc import Callable, Mapping
 from typing import Any, TypeVar
 
-from trainables.runtime import DIVERGED, DIVERGED_MESSAGE
+from trainables.runtime import CONFIG_ERROR, CONFIG_ERROR_MESSAGE, DIVERGED, DIVERGED_MESSAGE
 
 T = TypeVar("T")
 RETRY_ATTEMPTS = 5  # calls in all: the first and 4 retries
 RETRY_FIRST_DELAY_S = 0.5  # seconds before the first retry; doubled before each next one
 RETRY_MAX_DELAY_S = 8.0  # no single wait is longer (0.5 + 1 + 2 + 4 = 7.5 s in all by default)
 TRANSIENT_HTTP = frozenset({429, 500, 502, 503, 504})  # busy, or the server (or its proxy) failing
+# The deterministic failures a trial reports as its result: (flag key, message key, message if lost).
+FAILURE_KEYS = ((DIVERGED, DIVERGED_MESSAGE, "training diverged (non-finite loss)"),
+                (CONFIG_ERROR, CONFIG_ERROR_MESSAGE, "invalid trial config"))
 
 
 def diverged(result: Mapping[str, Any] | None) -> str | None:
@@ -30,6 +36,15 @@ def diverged(result: Mapping[str, Any] | None) -> str | None:
     if not result or result.get(DIVERGED) != 1:
         return None
     return str(result.get(DIVERGED_MESSAGE) or "training diverged (non-finite loss)")
+
+
+def failure(result: Mapping[str, Any] | None) -> tuple[str, str] | None:
+    """``(kind, message)`` of a trial whose (last) report ``result`` says it ended on a deterministic failure,
+    kind :data:`~trainables.runtime.DIVERGED` or :data:`~trainables.runtime.CONFIG_ERROR`; else None."""
+    for flag, message_key, fallback in FAILURE_KEYS:
+        if result and result.get(flag) == 1:
+            return flag, str(result.get(message_key) or fallback)
+    return None
 
 
 def is_transient(error: BaseException) -> bool:

@@ -14,7 +14,7 @@ from typing import Any
 
 from ray.tune.search.optuna import OptunaSearch
 
-from study.faults import diverged
+from study.faults import failure
 from study.optuna_search import RAY_TRIAL_ID_ATTR, intermediate_value, trial_state
 from study.spec import StudyError
 
@@ -157,9 +157,9 @@ class ResumableOptunaSearch(OptunaSearch):
         if internals.told(trial_id) or not internals.owns(trial_id):
             return
         if not internals.stored(trial_id).state.is_finished():
-            message = diverged(result)
-            if message is not None:  # ended cleanly for Ray (never retried), but failed: FAIL here
-                internals.trial(trial_id).set_user_attr("diverged", message)
+            found = failure(result)
+            if found is not None:  # ended cleanly for Ray (never retried), but failed: FAIL here
+                internals.trial(trial_id).set_user_attr(*found)  # "diverged" or "config_error": the message
                 internals.tell(trial_id, "FAIL", None)
             else:
                 self.on_trial_result(trial_id, result or {})

@@ -9,6 +9,7 @@ from typing import Sequence
 EXIT_OK = 0  # every trial finished
 EXIT_ERROR = 1  # a trial ended in error (everything was exported first)
 EXIT_USAGE = 2  # bad input, refused before Ray starts
+EXIT_UNLOGGED = 3  # every trial ended, parquet written, but the tracking server missed items: python -m study.replay
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, the shell's convention); continue with --resume
 
 
@@ -50,7 +51,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         return EXIT_USAGE
     if outcome.status == "KILLED":
         return EXIT_INTERRUPTED
-    return EXIT_ERROR if outcome.errored or outcome.status != "FINISHED" else EXIT_OK
+    if outcome.errored or outcome.status != "FINISHED":
+        return EXIT_ERROR
+    return EXIT_UNLOGGED if outcome.unlogged else EXIT_OK
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from types import SimpleNamespace
 
 import pytest
 
-from study.progress import PROGRESS_MODES, StudyProgress, duration, eta, ray_console
+from study.progress import PROGRESS_MODES, StudyProgress, duration, eta, quiet_libraries, ray_console
 from study.run import main
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -32,37 +32,44 @@ def _trial(trial_id: str, condition: str, status: str = "RUNNING", objective: fl
                            error_file=None, get_error=lambda: None)
 
 
-def test_compact_lines_status_every_interval_best_and_eta():
+def test_an_ending_trials_line_carries_the_progress_and_no_status_line_repeats_it():
     clock, out = Clock(), io.StringIO()
-    progress = StudyProgress(total=4, status_every_s=30, clock=clock, out=out)
+    progress = StudyProgress(total=4, quiet_every_s=300, clock=clock, out=out)
     progress.setup()
     a, b = _trial("a", "Clean"), _trial("b", "Noisy")
     progress.on_trial_start(0, [a, b], a)
     progress.on_trial_start(0, [a, b], b)
     clock.now += 10
-    a.status, a.last_result = "TERMINATED", {"objective": 0.25}
+    a.last_result = {"objective": 0.25}  # Ray marks it TERMINATED after the callbacks ran
     progress.on_trial_complete(0, [a, b], a)
-    progress.on_step_end(0, [a, b])  # 10 s since setup: no status line yet
+    a.status = "TERMINATED"
+    progress.on_step_end(0, [a, b])
     clock.now += 20
-    b.status, b.last_result = "TERMINATED", {"objective": 0.5}
+    b.last_result = {"objective": 0.5}
     progress.on_trial_complete(0, [a, b], b)
-    progress.on_step_end(0, [a, b])  # 30 s: one status line
-    progress.on_step_end(0, [a, b])  # and not a second one in the same interval
+    b.status = "TERMINATED"
+    for _ in range(29):  # 290 s of steps after the last line: still no status line
+        clock.now += 10
+        progress.on_step_end(0, [a, b])
     lines = out.getvalue().splitlines()
-    assert lines[:4] == [
+    # ETA: the remaining trials, as many at a time as ran at once (2), each as long as the mean finished
+    # one: after a, ceil(3 / 2) * 10 s; after b, ceil(2 / 2) * 20 s
+    assert lines == [
         "[noisy-transfer] start  a: Clean, fold 1, seed 0",
         "[noisy-transfer] start  b: Noisy, fold 1, seed 0",
-        "[noisy-transfer] done   a: Clean, fold 1, seed 0: objective 0.2500 in 10s",
-        "[noisy-transfer] done   b: Noisy, fold 1, seed 0: objective 0.5000 in 30s",
+        "[noisy-transfer] done   a: Clean, fold 1, seed 0: objective 0.2500 in 10s [1/4, best 0.2500, ETA 20s]",
+        "[noisy-transfer] done   b: Noisy, fold 1, seed 0: objective 0.5000 in 30s [2/4, best 0.5000, ETA 20s]",
     ]
-    # 2 pending, each as long as the mean finished trial (20 s), one at a time (none running)
-    assert lines[4:] == ["[noisy-transfer] 0 running, 2 finished, 0 failed, 2 pending; best objective 0.5000; "
-                         "30s elapsed; ETA 40s"]
+    clock.now += 10  # 300 s without a line: one status line
+    progress.on_step_end(0, [a, b])
+    progress.on_step_end(0, [a, b])
+    assert out.getvalue().splitlines()[4:] == [
+        "[noisy-transfer] 0 running, 2 finished, 0 failed, 2 pending; best objective 0.5000; 5m30s elapsed; ETA 20s"]
 
 
-def test_while_nothing_changes_the_status_line_comes_every_5_minutes_only():
+def test_while_no_line_is_printed_a_status_line_comes_every_5_minutes():
     clock, out = Clock(), io.StringIO()
-    progress = StudyProgress(total=1, status_every_s=30, clock=clock, out=out)
+    progress = StudyProgress(total=1, clock=clock, out=out)
     progress.setup()
     trial = _trial("a", "Clean")
     progress.on_trial_start(0, [trial], trial)
@@ -70,8 +77,20 @@ def test_while_nothing_changes_the_status_line_comes_every_5_minutes_only():
         clock.now += 15
         progress.on_step_end(0, [trial])
     status = [line for line in out.getvalue().splitlines() if "running" in line]
-    # at 30 s (the start changed things), then 300 s after that line, twice within the 10 minutes
-    assert [line.split("; ")[2] for line in status] == ["30s elapsed", "5m30s elapsed"]
+    assert [line.split("; ")[2] for line in status] == ["5m00s elapsed", "10m00s elapsed"]
+
+
+def test_a_resumed_study_counts_the_trials_an_earlier_driver_saw_end():
+    clock, out = Clock(), io.StringIO()
+    progress = StudyProgress(total=4, clock=clock, out=out)
+    progress.setup()
+    before = [_trial("x", "Clean", "TERMINATED", 0.9), _trial("y", "Noisy", "TERMINATED", 0.7)]
+    new = _trial("c", "Clean")
+    progress.on_trial_start(0, [*before, new], new)
+    clock.now += 60
+    new.last_result = {"objective": 0.3}
+    progress.on_trial_complete(0, [*before, new], new)
+    assert out.getvalue().splitlines()[-1].endswith("objective 0.3000 in 1m00s [3/4, best 0.9000, ETA 1m00s]")
 
 
 def test_a_failed_trial_prints_its_whole_error_even_with_progress_off(tmp_path):
@@ -85,8 +104,31 @@ def test_a_failed_trial_prints_its_whole_error_even_with_progress_off(tmp_path):
     progress.on_trial_start(0, [trial], trial)
     progress.on_trial_error(0, [trial], trial)
     progress.on_experiment_end([trial])
-    assert out.getvalue() == ("[noisy-transfer] FAILED t: Diverges, fold 1, seed 0 after 0s:\n"
+    assert out.getvalue() == ("[noisy-transfer] FAILED t: Diverges, fold 1, seed 0 after 0s [1/1, best none]:\n"
                               + error.read_text())
+
+
+def test_a_retried_crash_is_one_line_naming_the_exception_and_tune_logs_no_second_copy(tmp_path, monkeypatch):
+    error = tmp_path / "error.txt"
+    error.write_text("Failure # 1 (occurred at 2026-12-01_06-13-45)\nTraceback (most recent call last):\n"
+                     "  File \"x.py\", line 1\nFileNotFoundError: VOC2011 is incomplete; expected layout:\n"
+                     "  ROOT/TrainVal/VOCdevkit/VOC2011/\n")
+    clock, out = Clock(), io.StringIO()
+    progress = StudyProgress(total=1, mode="off", clock=clock, out=out)
+    progress.setup()
+    trial = _trial("t", "Clean")
+    trial.error_file, trial.num_failures = str(error), 1
+    progress.on_trial_start(0, [trial], trial)
+    clock.now += 75
+    progress.on_trial_recover(0, [trial], trial)
+    assert out.getvalue() == ("[noisy-transfer] RETRY  t: Clean, fold 1, seed 0 crashed after 1m15s (failure 1): "
+                              "FileNotFoundError: VOC2011 is incomplete; expected layout:\n")
+    for name in ("TUNE_PRINT_ALL_TRIAL_ERRORS", "RAY_AIR_NEW_OUTPUT"):  # restored after the test
+        monkeypatch.delenv(name, raising=False)
+    quiet_libraries("ray")
+    assert "TUNE_PRINT_ALL_TRIAL_ERRORS" not in os.environ, "--progress ray keeps Tune's own error logs"
+    quiet_libraries("compact")
+    assert os.environ["TUNE_PRINT_ALL_TRIAL_ERRORS"] == "0"
 
 
 def test_minimize_keeps_the_lowest_objective_and_durations_read_as_clock_time():
@@ -118,18 +160,39 @@ def test_an_unknown_progress_value_is_one_line_and_exit_2(tmp_path, capsys):
     assert not any(tmp_path.iterdir()), "nothing is written before the refusal"
 
 
-@pytest.mark.slow
-def test_the_smoke_study_console_is_at_most_40_lines_and_says_each_trial(tmp_path):
-    argv = [sys.executable, str(ROOT / "study" / "run.py"), "--preset", "quick", "--smoke",
-            "--output", str(tmp_path / "results")]
+def _smoke_console(output: Path, *extra: str) -> list[str]:
+    """The console lines (stdout and stderr) of ``study/run.py --preset quick --smoke`` on its own Ray."""
+    argv = [sys.executable, str(ROOT / "study" / "run.py"), "--preset", "quick", "--smoke", "--output", str(output),
+            *extra]
     env = {**os.environ, "RAY_ADDRESS": "local"}  # its own Ray, as a user's first run has
     done = subprocess.run(argv, env=env, capture_output=True, text=True, timeout=900)
     text = done.stdout + done.stderr
     assert done.returncode == 0, text[-3000:]
     lines = text.splitlines()
-    print(f"quick --smoke console: {len(lines)} lines")
-    assert len(lines) <= 40, text
     starts = [line for line in lines if line.startswith("[noisy-transfer] start ")]
     ends = [line for line in lines if line.startswith("[noisy-transfer] done ")]
     assert len(starts) == len(ends) >= 2 and all("objective 0." in line for line in ends), text
     assert not any("Trial status" in line or "(pid=" in line for line in lines), "Ray's tables or worker logs"
+    return lines
+
+
+def _too_few_lines(lines: list[str]) -> int:
+    """Lines of the summary's "cells with too few runs" list (one per cell with fewer than 2 seeds)."""
+    start = lines.index("cells with too few runs:") + 1
+    return next(i for i, line in enumerate(lines[start:] + [""]) if not line.startswith("  "))
+
+
+@pytest.mark.slow
+def test_the_smoke_study_console_is_at_most_40_lines_and_grows_by_2_lines_per_trial(tmp_path):
+    # lines = fixed + 2 per trial + one per table cell with too few runs (1 seed: all 4; 2 seeds: "none").
+    # The default study (12 trials, 6 conditions, 2 seeds) adds 4 table rows to the fixed part; README's
+    # console section gives its count.
+    two = _smoke_console(tmp_path / "two")
+    four = _smoke_console(tmp_path / "four", "--seeds", "2")
+    trials = [sum(line.startswith("[noisy-transfer] start ") for line in lines) for lines in (two, four)]
+    fixed = [len(lines) - 2 * n - _too_few_lines(lines) for lines, n in zip((two, four), trials)]
+    print(f"quick --smoke console: {len(two)} lines for {trials[0]} trials, {len(four)} for {trials[1]}; "
+          f"fixed lines {fixed}")
+    assert len(two) <= 40, "\n".join(two)
+    assert (trials, _too_few_lines(two), _too_few_lines(four)) == ([2, 4], 4, 1)
+    assert fixed[0] == fixed[1], "\n".join(["--- two", *two, "--- four", *four])

@@ -64,13 +64,14 @@ def _serve(database: Path, log: Path) -> tuple[subprocess.Popen, str]:
 
 
 def test_a_moved_study_serves_its_runs_tags_metrics_and_artifacts_through_a_real_server(
-        tmp_path, ray_local, monkeypatch):
+        tmp_path, ray_local, monkeypatch, capsys):
     workdir = tmp_path / "cwd"
     workdir.mkdir()
     monkeypatch.chdir(workdir)  # MLflow's default would put artifacts into ./mlruns here
     monkeypatch.delenv("MLFLOW_TRACKING_URI", raising=False)
     argv = ["--preset", "quick", "--smoke", "--output", str(tmp_path / "first")]
     assert main(argv) == 0
+    console = capsys.readouterr().out
     study_dir = parse_spec(argv).study_dir
     assert not (workdir / "mlruns").exists() and (study_dir / ARTIFACTS_DIR).is_dir()
 
@@ -86,6 +87,14 @@ def test_a_moved_study_serves_its_runs_tags_metrics_and_artifacts_through_a_real
                                      experiment_name="quick-smoke"))["experiment"]
         tags = {t["key"]: t["value"] for t in experiment.get("tags", [])}
         assert tags["mlflow.experimentKind"] == "custom_model_development"
+        # MLflow 3.17's UI ignores that tag: its workflow type (GenAI overview or the runs table) comes
+        # from the URL's workflowType, else a browser-stored default of "genai". The link the study
+        # prints carries it, and the UI this server sends reads that parameter and knows that value.
+        link = f"#/experiments/{experiment['experiment_id']}/runs?workflowType=machine_learning"
+        assert link in console, console[-2000:]
+        page = _get(base, "/").decode()
+        bundle = _get(base, "/" + page.split('src="')[1].split('"')[0]).decode()
+        assert 'get("workflowType")' in bundle and '"machine_learning"' in bundle
         assert experiment["artifact_location"] == (moved / ARTIFACTS_DIR).as_uri()
         runs = _post(base, "/api/2.0/mlflow/runs/search",
                      {"experiment_ids": [experiment["experiment_id"]], "max_results": 100})["runs"]

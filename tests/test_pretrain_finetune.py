@@ -19,7 +19,7 @@ from trainables.checkpoint import Checkpoint
 from trainables.config import PretrainFinetuneConfig
 from trainables.pretrain_cache import PretrainCache
 from trainables.pretrain_finetune import PRETRAIN_TEST_METRICS, REPORT_KEYS, run
-from trainables.runtime import STATE_FILE, load_state, save_state
+from trainables.runtime import CONFIG_ERROR, CONFIG_ERROR_MESSAGE, STATE_FILE, load_state, save_state
 
 SCORE_KEYS = ("pretrain/val_mean_iu", *PRETRAIN_TEST_METRICS, *pf.FINETUNE_TEST_METRICS)
 
@@ -398,10 +398,10 @@ def test_invalid_config_fails_before_any_work(tmp_path, monkeypatch, bad, messag
     config = {"image_size": 32, "images_per_class": 3, "finetune_train_per_class": 2, "finetune_val_per_class": 1,
               "data_cache": str(data_cache),
               **bad}
-    with pytest.raises(ValueError, match=message):
-        pf.pretrain_finetune(config)
-    assert reports == []
-    assert os.listdir(data_cache) == []
+    pf.pretrain_finetune(config)  # a refused config is the trial's result (never retried), not an exception
+    assert [report[CONFIG_ERROR] for report in reports] == [1]
+    assert re.search(message, reports[0][CONFIG_ERROR_MESSAGE])
+    assert os.listdir(data_cache) == []  # no work started
     # The driver refuses the same dict before Ray starts, with the same message.
     with pytest.raises(ValueError, match=message):
         PretrainFinetuneConfig.from_dict(config)

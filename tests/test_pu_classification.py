@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import re
 from pathlib import Path
 
 import numpy as np
@@ -13,7 +14,8 @@ from hypothesis import strategies as st
 from trainables.config import PUClassificationConfig
 from trainables.data.base import ClassificationData
 from trainables.pu_classification import REPORT_KEYS, keep_fraction_per_class, pu_classification, run
-from trainables.runtime import load_state, save_state
+import trainables.pu_classification as pu
+from trainables.runtime import CONFIG_ERROR, CONFIG_ERROR_MESSAGE, load_state, save_state
 
 SCORES = tuple(f"{split}/{name}" for split in ("val", "test") for name in ("acc", "mean_precision", "mean_recall", "mean_f1"))
 
@@ -204,11 +206,19 @@ def test_empty_training_split_fails_before_training():
         ({"epochs": 0}, r"epochs must be an int >= 1, got 0"),
         ({"warmup_epochs": 5, "epochs": 2}, "warmup_epochs=5 exceeds epochs=2"),
         ({"lossx": "ce"}, "unknown config key 'lossx'; did you mean 'loss'"),
+        ({"lr_schedule": "step"}, "lr_schedule must be one of"),
     ],
 )
-def test_invalid_config_fails_before_any_training(overrides, message):
-    with pytest.raises(ValueError, match=message):
-        pu_classification({"data": "moons", "points_per_class": 8, **overrides})
+def test_invalid_config_fails_before_any_training(overrides, message, monkeypatch):
+    config = {"data": "moons", "points_per_class": 8, **overrides}
+    with pytest.raises(ValueError, match=message):  # what the driver runs before Ray starts
+        PUClassificationConfig.from_dict(config)
+    reports = []
+    monkeypatch.setattr(pu, "tune_reporter", lambda metrics, state: reports.append((metrics, state)))
+    monkeypatch.setattr(pu, "run", lambda *args, **kwargs: pytest.fail("a refused config must not train"))
+    pu_classification(config)  # inside a trial: one report saying why, a result Ray never retries
+    assert [(metrics[CONFIG_ERROR], state) for metrics, state in reports] == [(1, None)]
+    assert re.search(message, reports[0][0][CONFIG_ERROR_MESSAGE])
 
 
 @pytest.mark.slow

@@ -115,14 +115,15 @@ def test_the_metric_writer_survives_a_locked_store_and_logs_each_epoch_once(tmp_
     experiment = real.create_experiment("locked")
     parent = real.create_run(experiment).info.run_id
     callback = MLflowTrials(uri, experiment, parent, tmp_path / "artifacts")
-    callback._client = LockedTwice(real)
+    callback.writer._client = LockedTwice(real)
     trial = SimpleNamespace(trial_id="t1", config={"condition": "C", "seed": 0})
     for epoch in (1, 2):
         callback.on_trial_result(0, [], trial, {"epoch_total": epoch, "finetune/train_loss": 1.0 / epoch,
                                                 "timestamp": epoch})
     history = real.get_metric_history(callback.run_id(trial), "finetune/train_loss")
     assert [(m.step, m.value) for m in history] == [(1, 1.0), (2, 0.5)]
-    assert callback._client.failures == 0
+    assert callback.writer._client.failures == 0
+    assert callback.writer.outbox.pending() == 0, "retried, not queued"
     assert capsys.readouterr().out.count("database is locked") == 2, "each retry says why, once"
 
 

@@ -78,7 +78,7 @@ from trainables.pretrain_cache import cached_pretraining
 from trainables.probe import probe_epochs, transfer_probe
 from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, current_trial_id,
                                place_model, select_device, stream_seed, tune_reporter)
-from trainables.runtime import ending_on_divergence
+from trainables.runtime import ending_on_divergence, trial_config
 
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
@@ -108,7 +108,9 @@ PROBE_METRICS = ("probe/val_mean_iu", "probe/seconds")  # probe epochs of a tria
 
 def pretrain_finetune(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: validate ``config``, resume from Tune's checkpoint if any, run."""
-    cfg = PretrainFinetuneConfig.from_dict(config)
+    cfg = trial_config(PretrainFinetuneConfig, config, tune_reporter, ("objective", "scheduler/score"))
+    if cfg is None:
+        return  # a config error is a result, as a divergence: Ray must not retry it
     begin_trial(cfg.num_threads)  # a reused worker starts clean
     with ending_on_divergence(tune_reporter, ("objective", "scheduler/score")):  # a divergence is a result: Ray must not retry it
         run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())

@@ -53,7 +53,7 @@ from trainables.losses import make_loss, pu_class_weights
 from trainables.models import SplitModel, build_model
 from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, place_model,
                                select_device, stream_seed, tune_reporter)
-from trainables.runtime import ending_on_divergence
+from trainables.runtime import ending_on_divergence, trial_config
 
 TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
 SPLITS = ("val", "test")  # scored every epoch, with true labels
@@ -72,7 +72,9 @@ BOUNDARY_MARGIN = 0.5  # data units added around the training points (the moons 
 
 def pu_classification(config: dict[str, Any]) -> None:
     """Ray Tune function trainable: validate ``config``, resume from Tune's checkpoint if any, run."""
-    cfg = PUClassificationConfig.from_dict(config)
+    cfg = trial_config(PUClassificationConfig, config, tune_reporter)
+    if cfg is None:
+        return  # a config error is a result, as a divergence: Ray must not retry it
     begin_trial(cfg.num_threads)  # a reused worker starts clean
     with ending_on_divergence(tune_reporter):  # a divergence is a result: Ray must not retry it
         run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())

@@ -131,6 +131,29 @@ def ending_on_divergence(report: Reporter, nan_keys: tuple[str, ...] = ("objecti
         report({**dict.fromkeys(nan_keys, math.nan), DIVERGED: 1, DIVERGED_MESSAGE: str(error)}, None)
 
 
+# The one report of a trial whose config its trainable refused: CONFIG_ERROR = 1, CONFIG_ERROR_MESSAGE = why.
+CONFIG_ERROR = "config_error"
+CONFIG_ERROR_MESSAGE = "config_error_message"
+
+
+def trial_config(config_cls: type, config: dict[str, Any], report: Reporter,
+                 nan_keys: tuple[str, ...] = ("objective",)) -> Any | None:
+    """``config_cls.from_dict(config)``, the trial's validated config; a config that validation refuses
+    (a ``ValueError``) ends the trial instead: one final report ``{key: NaN for nan_keys, CONFIG_ERROR: 1,
+    CONFIG_ERROR_MESSAGE: "invalid trial config: ..."}`` (no checkpoint), and None is returned.
+
+    Why: the driver validates every config before Ray starts, so one that fails here slipped past it (a
+    searcher's draw, a worker running other code); rerunning the same config fails the same way, so, as
+    a divergence (:func:`ending_on_divergence`), it is a result that Ray never retries and ``--resume``
+    never reruns (``study.faults.failure``)."""
+    try:
+        return config_cls.from_dict(config)
+    except ValueError as error:
+        report({**dict.fromkeys(nan_keys, math.nan), CONFIG_ERROR: 1,
+                CONFIG_ERROR_MESSAGE: f"invalid trial config: {error}"}, None)
+        return None
+
+
 def checkpoint_state_from_tune() -> dict[str, Any] | None:
     """The state of the trial's latest checkpoint when Ray restored the trial, else None."""
     from ray import tune
