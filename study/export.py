@@ -21,7 +21,7 @@ from study.spec import Secrets
 from study.stops import ended_status, stopped_at
 from study.tracking import is_metric, trial_error_text
 from trainables.labels import pretrain_categories
-from trainables.runtime import CONFIG_ERROR, DIVERGED
+from trainables.runtime import CONFIG_ERROR, DIVERGED, REPORTS, load_state
 
 PHASE_EPOCH_KEYS = ("pretrain/epoch", "finetune/epoch", "train/epoch")
 TRIAL_COLUMNS = ("study", "preset", "trial_id", "mlflow_run_id", "status", "stopped_at", "error", DIVERGED,
@@ -93,6 +93,55 @@ def trial_pretrain_categories(config: Mapping[str, Any]) -> float:
                                 str(config.get("data", "synthetic")).partition(":")[0],
                                 int(config.get("num_groups") or 0), config.get("init", "pretrain"))
     return math.nan if count is None else float(count)
+
+
+def lacks_reports(frame: pd.DataFrame | None) -> bool:
+    """Whether Ray's log of a trial (its result dataframe) lacks reports: it is empty, or its
+    ``epoch_total`` values are not every epoch from 1 to the last (a failure report holds none)."""
+    if frame is None or not len(frame) or "epoch_total" not in frame:
+        return True
+    epochs = set(pd.to_numeric(frame["epoch_total"], errors="coerce").dropna().astype(int))
+    return not epochs or epochs != set(range(1, max(epochs) + 1))
+
+
+def fill_from_checkpoint(frame: pd.DataFrame | None, reports: list[Mapping[str, Any]]) -> pd.DataFrame:
+    """Ray's log ``frame`` of a trial with the reports its checkpoint holds (:data:`REPORTS`) put before
+    it: an epoch that only the checkpoint holds comes from there, one that both hold from Ray's log
+    (:func:`_history` keeps an epoch's last row)."""
+    stored = pd.DataFrame([dict(report) for report in reports])
+    if frame is None or not len(frame):
+        return stored
+    return pd.concat([stored, frame], ignore_index=True)
+
+
+def checkpoint_reports(checkpoint: Any) -> list[dict[str, Any]]:
+    """The reports a trial's Ray Tune ``checkpoint`` carries ([] for one written without them), read from
+    wherever the study's storage keeps it (a folder, or a bucket: downloaded to a temporary folder)."""
+    with checkpoint.as_directory() as directory:
+        return list(load_state(directory).get(REPORTS) or [])
+
+
+def completed_dataframes(trials: Iterable[Any], dataframes: Mapping[str, pd.DataFrame],
+                         reports_of: Any = checkpoint_reports) -> dict[str, pd.DataFrame]:
+    """``dataframes`` (trial id -> Ray's log of the trial) with every gap that the trial's latest
+    checkpoint can fill filled from it (:func:`fill_from_checkpoint`); ``reports_of(checkpoint)`` reads a
+    checkpoint's reports. Ray's log misses reports when the driver died between a worker's checkpoint
+    upload and the driver's next sync of the log (``trainables.runtime.carrying_reports``)."""
+    completed = dict(dataframes)
+    for trial in trials:
+        frame = completed.get(trial.trial_id)
+        checkpoint = getattr(trial, "checkpoint", None)
+        if checkpoint is None or not lacks_reports(frame):
+            continue
+        try:
+            reports = reports_of(checkpoint)
+        except Exception as error:  # an unreadable checkpoint leaves the log as it is, and says so
+            print(f"[noisy-transfer] trial {trial.trial_id}: Ray's log lacks epochs and its checkpoint "
+                  f"could not be read to fill them ({error})")
+            continue
+        if reports:
+            completed[trial.trial_id] = fill_from_checkpoint(frame, reports)
+    return completed
 
 
 def _history(frame: pd.DataFrame, trial: Any, study: str) -> pd.DataFrame:

@@ -23,6 +23,8 @@ are visibly the keys read. A key is present in the dict exactly when its field i
 ``pretrain_samples``   the finished pre-training's ``samples`` ({} without pre-training)
 ``confusion``          the last evaluation's ``(C, C)`` confusion counts (final checkpoint only)
 ``boundary``           the moons classifier's decision boundary (final PU checkpoint only)
+``reports``            every report of the trial up to this checkpoint, when run through Ray Tune
+                       (``trainables.runtime.carrying_reports``; the export fills gaps in Ray's log from it)
 =====================  ===============================================================================
 """
 
@@ -64,6 +66,7 @@ class Checkpoint:
     pretrain_samples: Tensors | None = None
     confusion: torch.Tensor | None = None
     boundary: Tensors | None = None
+    reports: list[dict[str, Any]] | None = None
 
     @property
     def kind(self) -> str:

@@ -78,7 +78,7 @@ from trainables.pretrain_cache import cached_pretraining
 from trainables.probe import probe_epochs, transfer_probe
 from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, current_trial_id,
                                place_model, select_device, stream_seed, tune_reporter)
-from trainables.runtime import ending_on_divergence, trial_config
+from trainables.runtime import carrying_reports, ending_on_divergence, trial_config
 
 PHASES = ("pretrain", "finetune")
 TEST_SCORES = ("mean_iu", "mean_acc", "pixel_acc", "fw_iu")
@@ -113,7 +113,8 @@ def pretrain_finetune(config: dict[str, Any]) -> None:
         return  # a config error is a result, as a divergence: Ray must not retry it
     begin_trial(cfg.num_threads)  # a reused worker starts clean
     with ending_on_divergence(tune_reporter, ("objective", "scheduler/score")):  # a divergence is a result: Ray must not retry it
-        run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
+        state = checkpoint_state_from_tune()
+        run(cfg, report=carrying_reports(tune_reporter, state), state=state, device=select_device())
 
 
 def run(

@@ -53,7 +53,7 @@ from trainables.losses import make_loss, pu_class_weights
 from trainables.models import SplitModel, build_model
 from trainables.runtime import (Reporter, autocast_dtype, begin_trial, checkpoint_state_from_tune, place_model,
                                select_device, stream_seed, tune_reporter)
-from trainables.runtime import ending_on_divergence, trial_config
+from trainables.runtime import carrying_reports, ending_on_divergence, trial_config
 
 TEST_SCORES = ("acc", "mean_precision", "mean_recall", "mean_f1")
 SPLITS = ("val", "test")  # scored every epoch, with true labels
@@ -77,7 +77,8 @@ def pu_classification(config: dict[str, Any]) -> None:
         return  # a config error is a result, as a divergence: Ray must not retry it
     begin_trial(cfg.num_threads)  # a reused worker starts clean
     with ending_on_divergence(tune_reporter):  # a divergence is a result: Ray must not retry it
-        run(cfg, report=tune_reporter, state=checkpoint_state_from_tune(), device=select_device())
+        state = checkpoint_state_from_tune()
+        run(cfg, report=carrying_reports(tune_reporter, state), state=state, device=select_device())
 
 
 def run(

@@ -108,6 +108,29 @@ def tune_reporter(metrics: dict[str, Any], state: dict[str, Any] | None) -> None
         tune.report(metrics, checkpoint=tune.Checkpoint.from_directory(directory))
 
 
+REPORTS = "reports"  # the checkpoint key that holds every report of the trial up to that checkpoint
+
+
+def carrying_reports(report: Reporter, state: dict[str, Any] | None) -> Reporter:
+    """``report``, with every checkpoint state it passes on carrying the trial's reports so far (under
+    :data:`REPORTS`: those of ``state``, the checkpoint the trial resumes from, then each one made since).
+
+    Why: Ray keeps a trial's reports in a log that the driver writes and syncs to the study's storage on
+    its own schedule, while a checkpoint is uploaded by the worker as soon as it is reported. A driver
+    killed in between leaves a checkpoint that Ray resumes from and a log without the reports before it
+    (seen with ``--storage s3://``); the export fills such a gap from the checkpoint
+    (``study.export.fill_from_checkpoint``), so history.parquet still holds every epoch."""
+    reports = [dict(entry) for entry in (state or {}).get(REPORTS, [])]
+
+    def reporting(metrics: dict[str, Any], checkpoint: dict[str, Any] | None) -> None:
+        reports.append(dict(metrics))
+        if checkpoint is not None:
+            checkpoint = {**checkpoint, REPORTS: [dict(entry) for entry in reports]}
+        report(metrics, checkpoint)
+
+    return reporting
+
+
 # The one report of a trial whose training diverged: DIVERGED = 1, DIVERGED_MESSAGE = the error's text,
 # the objective NaN (Ray requires the study's metric in every report; Optuna records a NaN value as FAIL).
 DIVERGED = "diverged"
