@@ -25,7 +25,7 @@ import pandas as pd
 from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
 from study.checkpoint_repair import RestorableCheckpoints
-from study.export import SCHEMA_VERSION, trial_frames, write_parquet
+from study.export import SCHEMA_VERSION, completed_dataframes, trial_frames, write_parquet
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
 from study.optuna_search import OptunaLink, optuna_storage_url
@@ -33,7 +33,7 @@ from study.progress import StudyProgress, quiet_libraries, ray_console
 from study.relocate import artifact_location, relocate
 from study.resources import grid_limit, searcher_limit
 from study.spec import Secrets, StudyError, StudySpec
-from study.faults import is_transient
+from study.faults import is_transient, with_retries
 from study.replay import OUTBOX_FILE, Outbox, fail_fast_http, replay, unlogged_message
 from study.tracking import MLflowTrials, TrackingWriter, delete_orphan_runs, open_parent_run, study_summary_op
 
@@ -354,10 +354,12 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
     configs = spec.trial_configs()
     secrets = Secrets.from_environment()
     quiet_libraries(spec.progress)
+    local_store = spec.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in spec.tracking_uri
+    if not local_store:
+        reach_tracking_server(spec.tracking_uri, secrets)
     ray.init(ignore_reinit_error=True, include_dashboard=False,
              log_to_driver=ray_console(spec.progress)["log_to_driver"])
     check_cluster(spec, started_local_ray)
-    local_store = spec.tracking_uri.startswith(("sqlite:", "file:")) or "://" not in spec.tracking_uri
     if spec.resume and (study_dir / "mlflow.db").is_file():
         relocate(study_dir)  # the folder may have moved since the study started
     if spec.resume and Outbox(study_dir / OUTBOX_FILE).pending():  # what a previous session could not log
@@ -369,6 +371,27 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
     study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id, time.time())
     (study_dir / "study.json").write_text(json.dumps(study_meta(study), indent=2))
     return study
+
+
+def reach_tracking_server(tracking_uri: str, secrets: Secrets) -> None:
+    """Refuse to start (StudyError, exit code 2) when the MLflow tracking server at ``tracking_uri`` does
+    not answer, after the short retries of :func:`study.faults.with_retries` (a server still starting).
+
+    Why here, before Ray starts: MLflow's own HTTP retries would wait minutes and then end in a
+    traceback. Once the study runs, a server that goes away is queued for instead (study.replay)."""
+    from mlflow.tracking import MlflowClient
+
+    fail_fast_http()
+    try:
+        with_retries(lambda: MlflowClient(tracking_uri).search_experiments(max_results=1),
+                     what="reaching the MLflow tracking server", redact=secrets.redact)
+    except Exception as error:
+        if not is_transient(error):
+            raise
+        reason = secrets.redact(str(error).strip().splitlines()[0])[:300] if str(error).strip() else type(error).__name__
+        raise StudyError(f"the MLflow tracking server {secrets.redact(tracking_uri)} does not answer ({reason}); "
+                         "start it (README, \"Running on a cluster\") or pass another --tracking-uri, then run the "
+                         "same command again: nothing has run yet") from error
 
 
 def study_meta(study: OpenStudy) -> dict[str, Any]:
@@ -393,6 +416,9 @@ def build_tuner(study: OpenStudy) -> Any:
     trainable = tune.with_resources(trainable_function(study.preset.trainable),
                                     {"cpu": spec.cpus_per_trial, "gpu": spec.gpus_per_trial})
     param_space, tune_config = search_setup(study)
+    # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning (set
+    # here, not in run_config: a restored Tuner takes its RunConfig from Ray's state and never calls it).
+    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if spec.resume and tune.Tuner.can_restore(study.experiment_path):
         return tune.Tuner.restore(study.experiment_path, trainable=trainable, resume_errored=True,
                                   param_space=param_space)
@@ -433,8 +459,6 @@ def run_config(study: OpenStudy) -> Any:
                                  spec.study_dir / "artifacts", study.secrets, source_tags(), optuna_link=link,
                                  outbox=spec.study_dir / OUTBOX_FILE)
     progress = StudyProgress(study.expected_trials, spec.progress, study.preset.metric, study.preset.mode)
-    # A snapshot per epoch is the point of CHECKPOINTS_TO_KEEP = 1, not a bottleneck worth a warning.
-    os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     return tune.RunConfig(
         name=spec.name,
         storage_path=spec.storage,
@@ -521,8 +545,10 @@ def export_study(spec: StudySpec, experiment_path: str, client: Any, experiment_
         run_ids = TrackingWriter(spec.tracking_uri, spec.study_dir / OUTBOX_FILE).outbox.runs()
         print("[noisy-transfer] MLflow unreachable while exporting: mlflow_run_id is filled in for the runs "
               "this driver created only")
+    # Ray's log of a trial lacks the epochs before its checkpoint when a driver died before syncing them
+    dataframes = completed_dataframes(analysis.trials, analysis.trial_dataframes)
     trials, history = trial_frames(
-        analysis.trials, analysis.trial_dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
+        analysis.trials, dataframes, study=spec.name, preset=spec.preset, run_ids=run_ids,
         config_keys=[f.name for f in fields(config_cls)], secrets=secrets,
     )
     metadata = parquet_metadata(spec)

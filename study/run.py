@@ -13,15 +13,16 @@ EXIT_UNLOGGED = 3  # every trial ended, parquet written, but the tracking server
 EXIT_INTERRUPTED = 130  # Ctrl-C / SIGINT (128 + 2, the shell's convention); continue with --resume
 
 
-def _stacks_on_sigusr1() -> None:
-    """A driver that seems stuck says where: ``kill -USR1 <pid>`` prints every thread's stack to stderr.
-    Left out where stderr is no file (pytest's capture, a notebook): faulthandler writes to a descriptor."""
+def _stacks_on_sigusr2() -> None:
+    """A driver that seems stuck says where: ``kill -USR2 <pid>`` prints every thread's stack to stderr.
+    Not SIGUSR1: Ray Tune takes that one over while a study runs, to stop the run. Left out where
+    stderr is no file (pytest's capture, a notebook): faulthandler writes to a descriptor."""
     import faulthandler
     import io
     import signal
 
     try:
-        faulthandler.register(signal.SIGUSR1, file=sys.stderr, all_threads=True, chain=False)
+        faulthandler.register(signal.SIGUSR2, file=sys.stderr, all_threads=True, chain=False)
     except (AttributeError, ValueError, io.UnsupportedOperation):
         pass
 
@@ -32,7 +33,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     from study.lock import StudyLocked
     from study.spec import StudyError, list_presets, parse_spec
 
-    _stacks_on_sigusr1()
+    _stacks_on_sigusr2()
     try:
         spec = parse_spec(argv)
         if spec is None:

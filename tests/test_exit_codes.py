@@ -1,6 +1,7 @@
 """Exit codes a tool (``ray job submit``, CI, a shell script) can read, each from a real study:
 0 every trial finished (tests/test_study.py's runs), 1 a trial ended in error (after exporting
-everything), 130 interrupted (tests/test_study.py's Ctrl-C test), 2 bad input (here and test_study.py)."""
+everything), 130 interrupted (tests/test_study.py's Ctrl-C test), 2 bad input or an unreachable tracking
+server (here and test_study.py), 3 items left for ``python -m study.replay`` (tests/test_tracking_outage.py)."""
 
 from __future__ import annotations
 
@@ -15,7 +16,7 @@ import pandas as pd
 import pytest
 
 from search_spaces.base import SEGMENTATION_SMOKE
-from study.run import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_USAGE, main
+from study.run import EXIT_ERROR, EXIT_INTERRUPTED, EXIT_OK, EXIT_UNLOGGED, EXIT_USAGE, main
 
 ROOT = Path(__file__).resolve().parents[1]
 # the real CLI with one more preset (JSON), as tests/test_faults.py composes its fault grids
@@ -33,15 +34,31 @@ DIVERGES = {"optimizer": "sgd", "lr_pretrain": 10.0, "momentum": 0.9, "weight_de
 
 
 def test_the_codes_are_the_documented_ones():
-    assert (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_INTERRUPTED) == (0, 1, 2, 130)
+    assert (EXIT_OK, EXIT_ERROR, EXIT_USAGE, EXIT_UNLOGGED, EXIT_INTERRUPTED) == (0, 1, 2, 3, 130)
     readme = (ROOT / "README.md").read_text()
-    for code in ("`0`", "`1`", "`2`", "`130`"):
+    for code in ("`0`", "`1`", "`2`", "`3`", "`130`"):
         assert code in readme.split("## Exit codes")[1].split("\n## ")[0]
 
 
 def test_bad_input_exits_2(tmp_path, capsys):
     assert main(["--smoke", "--output", str(tmp_path), "--seeds", "0"]) == EXIT_USAGE
     assert "--seeds" in capsys.readouterr().err
+
+
+def test_a_tracking_server_that_does_not_answer_is_refused_in_one_line_before_ray_starts(tmp_path, capsys):
+    import socket
+
+    import ray
+
+    with socket.socket() as free:  # a port nobody listens on: connections are refused
+        free.bind(("127.0.0.1", 0))
+        port = free.getsockname()[1]
+    uri = f"http://user:hunter2@127.0.0.1:{port}"
+    assert main(["--smoke", "--output", str(tmp_path), "--tracking-uri", uri]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: the MLflow tracking server http://127.0.0.1:{port} does not answer"), err
+    assert "run the same command again: nothing has run yet" in err[-1] and "hunter2" not in "\n".join(err)
+    assert not ray.is_initialized() and not (tmp_path / "quick-smoke" / "study.json").exists()
 
 
 @pytest.mark.slow
@@ -68,18 +85,22 @@ def test_a_study_with_a_diverged_trial_exports_everything_then_exits_1_and_says_
     assert "1 trial(s) ended in error" in log
 
 
-def test_sigusr1_prints_every_threads_stack_and_the_driver_carries_on():
-    # What a stuck driver's log shows after `kill -USR1 <pid>` (README); tests/test_faults.py sends it to a
-    # driver that misses its deadline. Without the handler SIGUSR1 would end the process.
+def test_sigusr2_prints_every_threads_stack_and_the_driver_carries_on_inside_ray_tune():
+    # What a stuck driver's log shows after `kill -USR2 <pid>` (README); tests/test_faults.py sends it to a
+    # driver that misses its deadline. Without the handler SIGUSR2 would end the process. Ray Tune installs
+    # its own handlers when a run starts (SIGUSR1 stops the run: it cannot be the one), so they are
+    # installed here first, as Tuner.fit does.
     code = textwrap.dedent("""
         import os, signal, sys
         from study.run import main
         assert main(["--list-presets"]) == 0
-        os.kill(os.getpid(), signal.SIGUSR1)
-        print("still running")
+        from ray.tune.tune import _setup_signal_catching
+        stop = _setup_signal_catching()
+        os.kill(os.getpid(), signal.SIGUSR2)
+        print("still running", stop.is_set())
     """)
     done = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, timeout=120,
                           env={**os.environ, "PYTHONPATH": str(ROOT)})
     assert done.returncode == 0, done.stderr
-    assert "still running" in done.stdout
-    assert "Current thread" in done.stderr and 'File "<string>", line 5' in done.stderr, done.stderr
+    assert "still running False" in done.stdout  # and Ray Tune's run was not told to stop
+    assert "Current thread" in done.stderr and 'File "<string>", line 7' in done.stderr, done.stderr
