@@ -1,4 +1,9 @@
-"""Small figures the driver attaches to each trial's MLflow run (the analysis package draws the rest)."""
+"""Small figures the driver attaches to each trial's MLflow run (the analysis package draws the rest).
+
+Drawn with numpy and Pillow, not matplotlib: they are rendered on Ray Tune's controller loop when a trial
+ends, where matplotlib's layout and PNG writer took ~0.4 s per figure (two per trial) and held up every
+other trial's scheduling; composing the panels as arrays takes milliseconds.
+"""
 
 from __future__ import annotations
 
@@ -8,43 +13,54 @@ from typing import Mapping
 import numpy as np
 
 IGNORE_INDEX = 255
+# matplotlib's tab20 colours as uint8 RGB: class k > 0 is drawn in PALETTE[(k - 1) % 20]
+PALETTE = np.array([
+    [31, 119, 180], [174, 199, 232], [255, 127, 14], [255, 187, 120], [44, 160, 44], [152, 223, 138],
+    [214, 39, 40], [255, 152, 150], [148, 103, 189], [197, 176, 213], [140, 86, 75], [196, 156, 148],
+    [227, 119, 194], [247, 182, 210], [127, 127, 127], [199, 199, 199], [188, 189, 34], [219, 219, 141],
+    [23, 190, 207], [158, 218, 229]], dtype=np.uint8)
+PANEL_PX = 160  # a panel's longer side is scaled up to at most this, by a whole factor (pixels stay square)
+GAP_PX = 4  # white between panels
+TITLE_PX = 16  # the band above the first row that holds the column titles
+TITLES = {"clean": "ground truth", "noisy": "noisy label"}
 
 
 def _colour(label: np.ndarray) -> np.ndarray:
-    """A label map ``(H, W)`` as an RGB image: tab20 colours, background black, ignore white."""
-    from matplotlib import colormaps
-
-    palette = (colormaps["tab20"](np.arange(20))[:, :3] * 255).astype(np.uint8)
-    rgb = palette[(label.astype(np.int64) - 1) % 20]
+    """A label map ``(H, W)`` as an RGB image ``(H, W, 3)`` uint8: PALETTE, background black, ignore white."""
+    rgb = PALETTE[(label.astype(np.int64) - 1) % len(PALETTE)]
     rgb[label == 0] = 0
     rgb[label == IGNORE_INDEX] = 255
     return rgb
+
+
+def panel_scale(height: int, width: int) -> int:
+    """The whole factor each panel is scaled up by: its longer side at most PANEL_PX (at least 1)."""
+    return max(1, PANEL_PX // max(height, width))
 
 
 def render_samples(samples: Mapping[str, np.ndarray], path: Path) -> Path:
     """Rows of (image, ground truth, noisy label, prediction) panels, written as a PNG.
 
     ``samples`` holds ``images`` ``(N, 3, H, W)`` uint8 and label maps ``(N, H, W)`` under any of
-    ``clean``, ``noisy``, ``prediction`` (each drawn as a column when present).
+    ``clean``, ``noisy``, ``prediction`` (each drawn as a column when present). Each panel is scaled up
+    by :func:`panel_scale` with nearest neighbours; panels sit GAP_PX apart under a TITLE_PX title band.
     """
-    import matplotlib
-
-    matplotlib.use("Agg")
-    import matplotlib.pyplot as plt
+    from PIL import Image, ImageDraw
 
     columns = [name for name in ("clean", "noisy", "prediction") if name in samples]
-    images = samples["images"]
-    rows = len(images)
-    fig, axes = plt.subplots(rows, 1 + len(columns), figsize=(2 * (1 + len(columns)), 2 * rows), squeeze=False)
+    images = np.asarray(samples["images"])
+    rows, _, height, width = images.shape
+    scale = panel_scale(height, width)
+    step_y, step_x = height * scale + GAP_PX, width * scale + GAP_PX
+    canvas = np.full((TITLE_PX + rows * step_y, (1 + len(columns)) * step_x, 3), 255, dtype=np.uint8)
     for row in range(rows):
-        axes[row, 0].imshow(np.transpose(images[row], (1, 2, 0)))
-        for col, name in enumerate(columns, start=1):
-            axes[row, col].imshow(_colour(samples[name][row]), interpolation="nearest")
-        for col, title in enumerate(["image", *columns]):
-            axes[row, col].set_axis_off()
-            if row == 0:
-                axes[row, col].set_title({"clean": "ground truth", "noisy": "noisy label"}.get(title, title))
-    fig.tight_layout()
-    fig.savefig(path, dpi=80)
-    plt.close(fig)
+        panels = [np.transpose(images[row], (1, 2, 0)), *(_colour(np.asarray(samples[name][row])) for name in columns)]
+        for col, panel in enumerate(panels):
+            top, left = TITLE_PX + row * step_y, col * step_x
+            canvas[top:top + height * scale, left:left + width * scale] = panel.repeat(scale, 0).repeat(scale, 1)
+    picture = Image.fromarray(canvas)
+    draw = ImageDraw.Draw(picture)
+    for col, name in enumerate(["image", *columns]):
+        draw.text((col * step_x + 2, 2), TITLES.get(name, name), fill=(0, 0, 0))
+    picture.save(path)
     return Path(path)
