@@ -20,12 +20,12 @@ the overhead between the trainable itself and Ray + MLflow.
 Prints each side's wall time, the per-epoch times, what a checkpoint costs, the fixed cost per trial
 outside the trainable (``Tuner.fit`` minus the time inside the trials, per trial) with and without reuse,
 and last the ratio of the trials' wall time through the machinery (``Tuner.fit``; Ray's start-up is a
-per-study cost and is left out) to ``--trials`` bare loops. The defaults make trials of about a minute on
+per-study cost and is left out) to ``--trials`` bare loops. The defaults make trials of about 85 s on
 one CPU, the study's default ``--cpus-per-trial``. Targets: fixed cost <= 1.0 s per trial and ratio
 <= 1.03 with reuse::
 
     python benchmarks/overhead.py [--cpus 1] [--image-size 64] [--images-per-class 60] [--trials 3]
-        [--epochs-pretrain 13] [--epochs-finetune 20] [--repeats 1] [--direct] [--keep]
+        [--epochs-pretrain 6] [--epochs-finetune 8] [--repeats 1] [--direct] [--keep]
 """
 
 from __future__ import annotations
@@ -163,8 +163,8 @@ def main() -> None:
                         "threads of the bare loop")
     parser.add_argument("--image-size", type=int, default=64)
     parser.add_argument("--images-per-class", type=int, default=60)
-    parser.add_argument("--epochs-pretrain", type=int, default=13)
-    parser.add_argument("--epochs-finetune", type=int, default=20)
+    parser.add_argument("--epochs-pretrain", type=int, default=6)
+    parser.add_argument("--epochs-finetune", type=int, default=8)
     parser.add_argument("--repeats", type=int, default=1,
                         help="alternate bare and study this often and keep each side's fastest (shared cores)")
     parser.add_argument("--trials", type=int, default=3,

@@ -351,6 +351,8 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
                          "or choose another --name")
     if spec.resume and not (study_dir / "study.json").exists():
         raise StudyError(f"--resume: no study in {study_dir} to resume (it has no study.json)")
+    if spec.resume:
+        refuse_a_moved_study(study_dir)
     configs = spec.trial_configs()
     secrets = Secrets.from_environment()
     quiet_libraries(spec.progress)
@@ -371,6 +373,23 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
     study = OpenStudy(spec, configs, secrets, client, experiment_id, parent_run_id, time.time())
     (study_dir / "study.json").write_text(json.dumps(study_meta(study), indent=2))
     return study
+
+
+def refuse_a_moved_study(study_dir: Path) -> None:
+    """Refuse (StudyError, exit code 2) to resume a study from another folder than the one it started in
+    (study.json's ``started_in``; studies written before it was recorded are not checked).
+
+    Why: Ray Tune restores a study's callbacks and searcher from its experiment state (``tuner.pkl``) with
+    the paths they were built with, so a resumed moved study would log to the old folder's MLflow store,
+    outbox and optuna.db (or fail where they are gone). Reading, reporting and serving a moved study work
+    from anywhere (``python -m study.relocate``)."""
+    started_in = json.loads((study_dir / "study.json").read_text()).get("started_in")
+    here = Path(study_dir).resolve()
+    if started_in and Path(started_in) != here:
+        raise StudyError(f"--resume: this study was started in {started_in} and has moved to {here}; Ray Tune "
+                         "restores its MLflow callback and searcher with the paths it started with, so it resumes "
+                         f"only from there: move the folder back to {started_in} and resume it there (its results, "
+                         f"report and MLflow runs work from anywhere after python -m study.relocate {here})")
 
 
 def reach_tracking_server(tracking_uri: str, secrets: Secrets) -> None:
@@ -401,7 +420,7 @@ def study_meta(study: OpenStudy) -> dict[str, Any]:
         "study": spec.name, "preset": preset.name, "data": spec.data, "trainable": preset.trainable,
         "metric": preset.metric, "mode": preset.mode, "tracking_uri": secrets.redact(spec.tracking_uri),
         "experiment_id": study.experiment_id, "parent_run_id": study.parent_run_id,
-        "storage": secrets.redact(spec.storage),
+        "storage": secrets.redact(spec.storage), "started_in": str(spec.study_dir.resolve()),
         "smoke": spec.smoke, "conditions": list(dict.fromkeys(c["condition"] for c in configs)),
         "folds": sorted({c["fold"] for c in configs if "fold" in c}),
         "seeds": sorted({c["seed"] for c in configs}),

@@ -3,8 +3,9 @@
 A study with its own SQLite store keeps its MLflow artifacts inside the folder (``mlartifacts/``), but
 MLflow records absolute ``file://`` locations. After the folder moves (to a laptop, to a colleague),
 this rewrites those locations, and study.json's tracking URI, to the folder's new place; then
-``mlflow ui``/``mlflow server`` on the folder's ``mlflow.db`` show every artifact again. ``--resume``
-does the same by itself. A study logged to a tracking server has nothing to relocate.
+``mlflow ui``/``mlflow server`` on the folder's ``mlflow.db`` show every artifact again. A moved study
+is resumed only from the folder it started in (``study.driver.refuse_a_moved_study``). A study logged to a
+tracking server has nothing to relocate.
 """
 
 from __future__ import annotations

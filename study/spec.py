@@ -151,8 +151,8 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--max-failures", type=int, default=DEFAULT_MAX_FAILURES, metavar="N",
                         help="retry a crashed trial (a killed worker, a lost or preempted node, out of memory) "
                         f"up to N times from its last checkpoint (default {DEFAULT_MAX_FAILURES}, sized for spot "
-                        "instances; 0: never). A diverged trial (NaN loss) is never retried. --resume keeps the "
-                        "value the study started with")
+                        "instances; 0: never). A diverged trial (NaN loss) or a trial config the trainable refuses "
+                        "is a result, never retried. --resume keeps the value the study started with")
     parser.add_argument("--sampler", default="tpe", help="Optuna sampler: tpe | qmc | random")
     parser.add_argument("--imagenet-weights", default="", help="local torchvision AlexNet state dict "
                         "(adds the ImageNetModel baseline)")

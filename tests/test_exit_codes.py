@@ -61,6 +61,21 @@ def test_a_tracking_server_that_does_not_answer_is_refused_in_one_line_before_ra
     assert not ray.is_initialized() and not (tmp_path / "quick-smoke" / "study.json").exists()
 
 
+def test_resume_refuses_a_study_moved_from_where_it_started_before_ray_starts(tmp_path, capsys):
+    import ray
+
+    study = tmp_path / "quick-smoke"
+    study.mkdir()
+    meta = json.dumps({"study": "quick-smoke", "started_in": "/elsewhere/quick-smoke"})
+    (study / "study.json").write_text(meta)
+    assert main(["--smoke", "--output", str(tmp_path), "--resume"]) == EXIT_USAGE
+    err = capsys.readouterr().err.strip().splitlines()
+    assert err[-1].startswith(f"error: --resume: this study was started in /elsewhere/quick-smoke and has moved "
+                              f"to {study.resolve()}"), err
+    assert "move the folder back to /elsewhere/quick-smoke" in err[-1]
+    assert not ray.is_initialized() and (study / "study.json").read_text() == meta, "nothing touched"
+
+
 @pytest.mark.slow
 def test_a_study_with_a_diverged_trial_exports_everything_then_exits_1_and_says_why(tmp_path):
     preset = {

@@ -145,7 +145,7 @@ def assert_study_complete(output: Path, study: str, log: str, expected_trials: i
     assert parent.info.status == "FINISHED" and all(r.info.status == "FINISHED" for r in children), log
     assert not (output / "ray").exists(), f"Ray wrote its storage locally, not in the bucket{log}"
     meta = json.loads((output / study / "study.json").read_text())
-    assert meta["storage"] == storage, meta
+    assert meta["storage"] == storage and meta["started_in"] == str((output / study).resolve()), meta
     return trials
 
 
