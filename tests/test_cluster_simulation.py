@@ -193,10 +193,13 @@ def test_a_preempted_gpu_worker_costs_only_the_epochs_since_the_last_checkpoint(
     epochs = [(r["epoch_total"], r["node_id"][-5:]) for r in results]
     done_there = [r["epoch_total"] for r in results if r["node_id"] == lost]
     resumed = [r["epoch_total"] for r in results if r["node_id"] != lost]
-    assert len(done_there) >= 2 and done_there == list(range(1, len(done_there) + 1)), epochs
-    # Ray restores from the last checkpoint its driver registered. A checkpoint is in the storage (what the
-    # wait above sees) before the driver has registered it, and the node can die in between: then the last
-    # reported epoch runs again (seen under load in CI). Anything older than that is a lost checkpoint.
+    # At least epoch 1: the wait above sees the second checkpoint in the storage, which the worker writes
+    # before its report reaches the driver; a node lost in between leaves Ray's log with epoch 1 only from
+    # there (seen under load, 2026-12-01), and the restart from epoch 1's checkpoint reruns epoch 2.
+    assert len(done_there) >= 1 and done_there == list(range(1, len(done_there) + 1)), epochs
+    # Ray restores from the last checkpoint its driver registered. A checkpoint is in the storage before the
+    # driver has registered it, and the node can die in between: then the last reported epoch runs again
+    # (seen under load in CI). Anything older than that is a lost checkpoint.
     assert resumed[0] in (done_there[-1], done_there[-1] + 1), epochs
     assert resumed == list(range(resumed[0], EPOCHS + 1)), epochs
     trials = pd.read_parquet(output / "preempted" / "trials.parquet")
