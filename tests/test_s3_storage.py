@@ -123,6 +123,21 @@ def bucket_trial_states(client: Any, study: str) -> dict[str, str]:
     return {trial["trial_id"]: trial["status"] for trial in trials}
 
 
+def bucket_live_trials(client: Any, study: str) -> set[str] | None:
+    """The trial ids that the grid's variant generator in the bucket counts as running (its newest saved
+    state; None before the first). Ray 2.60 saves it beside the experiment state in each snapshot."""
+    from ray import cloudpickle
+
+    found = sorted((item["LastModified"], item["Key"])
+                   for page in client.get_paginator("list_objects_v2").paginate(
+                       Bucket=BUCKET, Prefix=f"{PREFIX}/{study}/basic-variant-state-")
+                   for item in page.get("Contents", []))
+    if not found:
+        return None
+    state = cloudpickle.loads(client.get_object(Bucket=BUCKET, Key=found[-1][1])["Body"].read())
+    return set(state["_live_trials"])
+
+
 def assert_no_secret(client: Any, *folders: Path) -> None:
     """No planted credential in any object of the bucket or any file under ``folders``."""
     planted = (SECRET.encode(), API_KEY.encode())
@@ -189,9 +204,15 @@ def test_a_killed_driver_resumes_its_study_from_the_bucket(tmp_path, drivers, s3
 
     # Ray's state in the bucket says the first trial ended; the second checkpointed into it and trains on.
     # (Checkpoint indices count checkpoints, not epochs: uploads to the bucket make trials pace theirs.)
+    # And the variant generator's saved state no longer counts the finished trial as running: Ray 2.60
+    # restores it from its own file, and a kill between the uploads of a snapshot's experiment state and of
+    # that file (this wait used to end right after the first) left it counting a finished trial against
+    # --max-concurrent 1 forever: the resumed driver waited for a third trial (CI, 2026-12-01, its stack
+    # in _update_trial_queue). A study killed there is not recoverable by Ray; see the closing note.
     def one_done_one_running() -> bool:
         done = [t for t, status in bucket_trial_states(s3, study).items() if status == "TERMINATED"]
-        return len(done) == 1 and len(bucket_checkpoints(s3)) == 2 and bool(trial_actors(first))
+        return (len(done) == 1 and len(bucket_checkpoints(s3)) == 2 and bool(trial_actors(first))
+                and done[0] not in (bucket_live_trials(s3, study) or {done[0]}))
 
     first.wait_for(one_done_one_running, "a finished trial followed by a running one, in the bucket")
     kill_driver(first)
