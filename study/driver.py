@@ -26,6 +26,7 @@ from search_spaces import Preset
 from search_spaces.base import TRAINABLE_CONFIGS
 from study.checkpoint_repair import RestorableCheckpoints
 from study.export import SCHEMA_VERSION, completed_dataframes, trial_frames, write_parquet
+from study.grid import ResumableGrid
 from study.lock import StudyLock
 from study.optuna_resume import ResumableOptunaSearch
 from study.optuna_search import OptunaLink, optuna_storage_url
@@ -458,7 +459,8 @@ def search_setup(study: OpenStudy) -> tuple[dict[str, Any], Any]:
                   "scheduler": make_scheduler(preset, param_space), "num_samples": study.expected_trials}
     else:
         param_space = grid_param_space(study.configs)
-        search = {"max_concurrent_trials": grid_limit(spec, len(study.configs))}
+        # Ray's own generator can hang or lose trials on --resume (study.grid)
+        search = {"search_alg": ResumableGrid(max_concurrent=grid_limit(spec, len(study.configs)) or 0)}
     # A search's scheduler and searcher carry their own metrics (the scheduler compares rung scores, the
     # searcher the objective); Ray refuses a TuneConfig metric beside a scheduler's own.
     metric = {} if preset.is_search else {"metric": preset.metric, "mode": preset.mode}
