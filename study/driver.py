@@ -34,6 +34,7 @@ from study.progress import StudyProgress, quiet_libraries, ray_console
 from study.relocate import artifact_location, relocate
 from study.resources import grid_limit, searcher_limit
 from study.spec import Secrets, StudyError, StudySpec
+from study.sqlite_store import seed_sqlite_store, template_dir
 from study.faults import is_transient, with_retries
 from study.replay import OUTBOX_FILE, Outbox, fail_fast_http, replay, unlogged_message
 from study.tracking import MLflowTrials, TrackingWriter, delete_orphan_runs, open_parent_run, study_summary_op
@@ -367,6 +368,8 @@ def open_study(spec: StudySpec, started_local_ray: bool) -> OpenStudy:
         relocate(study_dir)  # the folder may have moved since the study started
     if spec.resume and Outbox(study_dir / OUTBOX_FILE).pending():  # what a previous session could not log
         replay(study_dir, spec.tracking_uri, lock=False)  # goes first, in its order; run_study holds the lock
+    # a new SQLite store: a copy of a migrated empty one, not MLflow's migrations (seconds; study.sqlite_store)
+    seed_sqlite_store(spec.tracking_uri, template_dir(spec.output))
     client = MlflowClient(spec.tracking_uri)
     experiment_id, parent_run_id = open_parent_run(client, spec.name, parent_tags(spec, secrets), spec.resume,
                                                    artifact_location(study_dir) if local_store else None)

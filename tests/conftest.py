@@ -19,6 +19,24 @@ REPO_ROOT = Path(__file__).resolve().parent.parent
 TINY = smoke_config("pretrain_finetune")
 
 
+@pytest.fixture(scope="session", autouse=True)
+def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
+    """``$NOISY_TRANSFER_CACHE`` for the session (its studies' subprocesses inherit it): MLflow's empty
+    store is migrated once for the suite (study.sqlite_store), not once per study, and nothing is cached
+    in the home folder."""
+    from trainables.data.synthetic import CACHE_ENV
+
+    folder, before = tmp_path_factory.mktemp("cache"), os.environ.get(CACHE_ENV)
+    os.environ[CACHE_ENV] = str(folder)
+    try:
+        yield folder
+    finally:
+        if before is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = before
+
+
 @pytest.fixture(scope="session")
 def data_cache(tmp_path_factory: pytest.TempPathFactory) -> Path:
     """One synthetic-data cache folder for the session, so each tiny split is drawn once."""
