@@ -24,6 +24,7 @@ from analysis.tables import (
     finished_trials,
     learning_curves_frame,
 )
+from trainables.labels import label_rgb
 
 DPI = 100
 POSITIVE_COLOUR, NEGATIVE_COLOUR = "tab:red", "tab:blue"
@@ -286,15 +287,9 @@ def figure6_trials(study: Study) -> pd.DataFrame:
 
 
 def label_colours(label: np.ndarray) -> np.ndarray:
-    """A label map ``(H, W)`` as RGB floats ``(H, W, 3)``: background black, ignore (255) white, class k
-    tab10's colour k-1."""
-    from matplotlib import colormaps
-
-    palette = colormaps["tab10"](np.arange(10))[:, :3]
-    rgb = palette[(label.astype(np.int64) - 1) % 10]
-    rgb[label == 0] = 0.0
-    rgb[label == 255] = 1.0
-    return rgb
+    """A label map ``(H, W)`` as RGB floats in [0, 1] ``(H, W, 3)``: the colours of the MLflow sample
+    figures (``trainables.labels.label_rgb``: background black, ignore (255) white, class k tab20's k-1)."""
+    return label_rgb(label) / 255.0
 
 
 def figure6(study: Study, path: str | Path | None = None, max_images: int = 4, panel_size: float = 2.0) -> Figure:

@@ -12,25 +12,12 @@ from typing import Mapping
 
 import numpy as np
 
-IGNORE_INDEX = 255
-# matplotlib's tab20 colours as uint8 RGB: class k > 0 is drawn in PALETTE[(k - 1) % 20]
-PALETTE = np.array([
-    [31, 119, 180], [174, 199, 232], [255, 127, 14], [255, 187, 120], [44, 160, 44], [152, 223, 138],
-    [214, 39, 40], [255, 152, 150], [148, 103, 189], [197, 176, 213], [140, 86, 75], [196, 156, 148],
-    [227, 119, 194], [247, 182, 210], [127, 127, 127], [199, 199, 199], [188, 189, 34], [219, 219, 141],
-    [23, 190, 207], [158, 218, 229]], dtype=np.uint8)
+from trainables.labels import PALETTE, label_rgb  # noqa: F401  (PALETTE: the colours the tests check)
+
 PANEL_PX = 160  # a panel's longer side is scaled up to at most this, by a whole factor (pixels stay square)
 GAP_PX = 4  # white between panels
 TITLE_PX = 16  # the band above the first row that holds the column titles
 TITLES = {"clean": "ground truth", "noisy": "noisy label"}
-
-
-def _colour(label: np.ndarray) -> np.ndarray:
-    """A label map ``(H, W)`` as an RGB image ``(H, W, 3)`` uint8: PALETTE, background black, ignore white."""
-    rgb = PALETTE[(label.astype(np.int64) - 1) % len(PALETTE)]
-    rgb[label == 0] = 0
-    rgb[label == IGNORE_INDEX] = 255
-    return rgb
 
 
 def panel_scale(height: int, width: int) -> int:
@@ -54,7 +41,7 @@ def render_samples(samples: Mapping[str, np.ndarray], path: Path) -> Path:
     step_y, step_x = height * scale + GAP_PX, width * scale + GAP_PX
     canvas = np.full((TITLE_PX + rows * step_y, (1 + len(columns)) * step_x, 3), 255, dtype=np.uint8)
     for row in range(rows):
-        panels = [np.transpose(images[row], (1, 2, 0)), *(_colour(np.asarray(samples[name][row])) for name in columns)]
+        panels = [np.transpose(images[row], (1, 2, 0)), *(label_rgb(np.asarray(samples[name][row])) for name in columns)]
         for col, panel in enumerate(panels):
             top, left = TITLE_PX + row * step_y, col * step_x
             canvas[top:top + height * scale, left:left + width * scale] = panel.repeat(scale, 0).repeat(scale, 1)

@@ -160,3 +160,21 @@ def pretrain_categories(label_transform: str, fold: int, data_kind: str, num_gro
         return int(num_groups)
     raise ValueError(f"label_transform must be one of none, binarize, target, superclass, random_groups, "
                      f"got {label_transform!r}")
+
+
+# matplotlib's tab20 colours as uint8 RGB: class k > 0 is drawn in PALETTE[(k - 1) % 20]
+PALETTE = np.array([
+    [31, 119, 180], [174, 199, 232], [255, 127, 14], [255, 187, 120], [44, 160, 44], [152, 223, 138],
+    [214, 39, 40], [255, 152, 150], [148, 103, 189], [197, 176, 213], [140, 86, 75], [196, 156, 148],
+    [227, 119, 194], [247, 182, 210], [127, 127, 127], [199, 199, 199], [188, 189, 34], [219, 219, 141],
+    [23, 190, 207], [158, 218, 229]], dtype=np.uint8)
+
+
+def label_rgb(label: np.ndarray) -> np.ndarray:
+    """A label map ``(H, W)`` as an RGB image ``(H, W, 3)`` uint8: class k > 0 in ``PALETTE[(k - 1) % 20]``,
+    background black, ignore (255) white. The MLflow sample figures and the report's figures both draw
+    labels with it, so a class has one colour everywhere."""
+    rgb = PALETTE[(label.astype(np.int64) - 1) % len(PALETTE)]
+    rgb[label == 0] = 0
+    rgb[label == IGNORE_INDEX] = 255
+    return rgb
