@@ -25,7 +25,7 @@ one CPU, the study's default ``--cpus-per-trial``. Targets: fixed cost <= 1.0 s 
 <= 1.03 with reuse::
 
     python benchmarks/overhead.py [--cpus 1] [--image-size 64] [--images-per-class 60] [--trials 3]
-        [--epochs-pretrain 6] [--epochs-finetune 8] [--repeats 1] [--direct] [--keep]
+        [--more-trials 0] [--epochs-pretrain 6] [--epochs-finetune 8] [--repeats 1] [--direct] [--keep]
 """
 
 from __future__ import annotations
@@ -140,12 +140,12 @@ def actor_reuse(reuse: bool) -> Iterator[None]:
         tune.Tuner.__init__ = original
 
 
-def study_side(output: Path, name: str, cpus: int, seed: int, reuse: bool) -> dict:
+def study_side(output: Path, name: str, cpus: int, seed: int, reuse: bool, preset: str = PRESET) -> dict:
     """The preset's trials through ``study/run.py``, one at a time, on the running local Ray, with or
     without worker reuse: wall times, Tune's frames, the worker processes the trials ran in."""
     fits: list[float] = []
     with timed_fits(fits), actor_reuse(reuse):
-        study_s = run_cli(["--preset", PRESET, "--output", str(output), "--name", name,
+        study_s = run_cli(["--preset", preset, "--output", str(output), "--name", name,
                            "--cpus-per-trial", str(cpus), "--max-concurrent", "1"])
     frames = list(tune_results(output / "ray", name).values())
     trials, history = read_study(output / name)
@@ -169,18 +169,26 @@ def main() -> None:
                         help="alternate bare and study this often and keep each side's fastest (shared cores)")
     parser.add_argument("--trials", type=int, default=3,
                         help="trials per study (seeds), one at a time: with reuse, trials 2.. reuse the worker")
+    parser.add_argument("--more-trials", type=int, default=0,
+                        help="also run a reuse study of this many trials (> --trials): the two reuse studies "
+                        "split the fixed cost into the worker's start-up (once per worker) and the cost of each "
+                        "further trial on it (the slope)")
     parser.add_argument("--direct", action="store_true", help="also time the trainable's run() without Ray")
     parser.add_argument("--keep", action="store_true", help="keep the temporary study folder")
     args = parser.parse_args()
 
     if args.trials < 2:
         parser.error(f"--trials must be >= 2 (reuse starts with the second trial), got {args.trials}")
+    if args.more_trials and args.more_trials <= args.trials:
+        parser.error(f"--more-trials must be more than --trials ({args.trials}), got {args.more_trials}")
     sizes = {"image_size": args.image_size, "images_per_class": args.images_per_class,
              **finetune_sizes(args.images_per_class), "epochs_pretrain": args.epochs_pretrain,
              "epochs_finetune": args.epochs_finetune, "warmup_epochs": 0}
     register_preset(PRESET, base=sizes, seeds=args.trials)
+    if args.more_trials:
+        register_preset(f"{PRESET}-more", base=sizes, seeds=args.more_trials)
     print(machine_line())
-    bares, directs, studies = [], [], {True: [], False: []}
+    bares, directs, studies, more = [], [], {True: [], False: []}, []
     with scratch_folder("nt-bench-overhead-", keep=args.keep) as folder:
         output = folder / "results"
         # The study's own trial config (preset defaults, data cache), so both sides train the same thing.
@@ -200,7 +208,29 @@ def main() -> None:
                     studies[reuse].append(side)
                     print(f"[{repeat}] study, reuse_actors={reuse}: {side['trials']} trials {side['fit']:.1f} s, "
                           f"{side['workers']} worker process(es), {machine_line()}", flush=True)
+                if args.more_trials:
+                    more.append(study_side(output, f"overhead-{repeat}-more", args.cpus, cfg.seed, True,
+                                           preset=f"{PRESET}-more"))
+                    print(f"[{repeat}] study, reuse_actors=True: {more[-1]['trials']} trials {more[-1]['fit']:.1f} s, "
+                          f"{more[-1]['workers']} worker process(es), {machine_line()}", flush=True)
     report(args, bares, directs, studies)
+    if more:
+        report_split(studies[True], more)
+
+
+def report_split(fewer: list[dict], more: list[dict]) -> None:
+    """The reuse studies' time outside the trials, F(N) = W + N * p over N trials: W, the worker's start-up
+    (paid once per worker), and p, each further trial on the reused worker (the slope between two N)."""
+    a, b = (min(sides, key=lambda side: side["fit"]) for sides in (fewer, more))
+    if a["workers"] != 1 or b["workers"] != 1:
+        raise SystemExit(f"the split needs every trial in one worker; got {a['workers']} and {b['workers']}")
+    outside = {side["trials"]: side["fixed"] * side["trials"] for side in (a, b)}
+    (n, f_n), (m, f_m) = sorted(outside.items())
+    per_trial = (f_m - f_n) / (m - n)
+    start_up = f_n - n * per_trial
+    print(f"outside the trials with reuse: {f_n:.2f} s for {n} trials, {f_m:.2f} s for {m} trials")
+    print(f"split: worker start-up {start_up:.2f} s once per worker; each further trial on a reused worker "
+          f"{per_trial:.2f} s (target <= {FIXED_TARGET:.1f} s: {verdict(per_trial <= FIXED_TARGET)})")
 
 
 def report(args: argparse.Namespace, bares: list[dict], directs: list[dict], studies: dict[bool, list[dict]]) -> None:

@@ -210,8 +210,17 @@ def write_parquet(frame: pd.DataFrame, path: Path, metadata: Mapping[str, str] |
 
 
 def _error_line(trial: Any) -> str:
-    """The last line of a trial's error (the exception's message), at most 1000 characters."""
-    error = trial_error_text(trial)
-    lines = [line for line in (error or "").strip().splitlines() if line.strip()]
-    return lines[-1][:1000] if lines else "error (see the trial's error.txt)"
+    """A trial's exception (:func:`exception_text` of its error file), at most 1000 characters."""
+    return exception_text(trial_error_text(trial) or "")[:1000] or "error (see the trial's error.txt)"
+
+
+def exception_text(error: str) -> str:
+    """The final exception of a traceback ``error`` (Ray's error.txt): from its ``Type: message`` line to
+    the end, so a message of several lines is kept whole; the last line when there is no traceback; "" for
+    none. The exception starts at the last unindented line that follows an indented one (a frame)."""
+    lines = [line.rstrip() for line in error.strip().splitlines() if line.strip()]
+    for i in range(len(lines) - 1, 0, -1):
+        if not lines[i][0].isspace() and lines[i - 1][0].isspace():
+            return "\n".join(lines[i:])
+    return lines[-1] if lines else ""
 

@@ -134,6 +134,29 @@ def test_a_failed_trial_error_is_read_from_the_staging_copy_before_ray_syncs_it(
     assert _error_line(trial) == "FloatingPointError: non-finite loss, training diverged"
 
 
+RAY_ERROR = """Failure # 1 (occurred at 2026-12-01_12-00-00)
+ray::ImplicitFunc.train() (pid=4242, ip=127.0.0.1, actor_id=ab12, repr=pretrain_finetune)
+  File "/venv/lib/python3.11/site-packages/ray/tune/trainable/trainable.py", line 331, in train
+    raise skipped from exception_cause(skipped)
+  File "/repo/trainables/pretrain_finetune.py", line 88, in run
+    cfg = PretrainFinetuneConfig.from_dict(config)
+ValueError: invalid trial config: lr_pretrain must be > 0, got -1.0
+  (a search draw outside the preset's range)
+"""
+
+
+def test_the_error_column_keeps_a_message_of_several_lines_whole():
+    from study.export import exception_text
+
+    assert exception_text(RAY_ERROR) == ("ValueError: invalid trial config: lr_pretrain must be > 0, got -1.0\n"
+                                         "  (a search draw outside the preset's range)")
+    chained = RAY_ERROR + "\nThe above exception was the direct cause of the following exception:\n\n" + (
+        "Traceback (most recent call last):\n  File \"x.py\", line 1, in <module>\nRuntimeError: trial failed\n")
+    assert exception_text(chained) == "RuntimeError: trial failed", "the last exception of a chain"
+    assert exception_text("KeyboardInterrupt\n") == "KeyboardInterrupt"
+    assert exception_text("") == ""
+
+
 def test_parent_run_tags_redact_credentials_in_the_command_line(monkeypatch, tmp_path):
     from study.driver import parent_tags
 
