@@ -4,6 +4,8 @@ session, and a local Ray instance for the tests that go through Ray Tune."""
 from __future__ import annotations
 
 import os
+import shutil
+import tempfile
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
@@ -13,28 +15,34 @@ from search_spaces.base import smoke_config
 from trainables.config import PretrainFinetuneConfig
 
 REPO_ROOT = Path(__file__).resolve().parent.parent
+_SESSION_CACHE: dict[str, str | None] = {}  # the folder made for the session, and the variable's value before
+
+
+def pytest_configure(config: pytest.Config) -> None:
+    """``$NOISY_TRANSFER_CACHE``: one cache folder for the session, set before collection so the
+    environments that test modules copy for their driver subprocesses hold it too. MLflow's empty store is
+    then migrated once for the suite (study.sqlite_store), not once per study, and nothing is cached in the
+    home folder."""
+    from trainables.data.synthetic import CACHE_ENV
+
+    _SESSION_CACHE.update(folder=tempfile.mkdtemp(prefix="nt-test-cache-"), before=os.environ.get(CACHE_ENV))
+    os.environ[CACHE_ENV] = _SESSION_CACHE["folder"]
+
+
+def pytest_unconfigure(config: pytest.Config) -> None:
+    from trainables.data.synthetic import CACHE_ENV
+
+    if _SESSION_CACHE.get("folder"):
+        shutil.rmtree(_SESSION_CACHE["folder"], ignore_errors=True)
+        if _SESSION_CACHE["before"] is None:
+            os.environ.pop(CACHE_ENV, None)
+        else:
+            os.environ[CACHE_ENV] = _SESSION_CACHE["before"]
+
 
 # The config of a segmentation preset's --smoke trial (search_spaces.base's smoke size on synthetic data,
 # 32x32 images, 3 per class and split): a whole trial takes about a second per epoch on one core.
 TINY = smoke_config("pretrain_finetune")
-
-
-@pytest.fixture(scope="session", autouse=True)
-def shared_cache(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Path]:
-    """``$NOISY_TRANSFER_CACHE`` for the session (its studies' subprocesses inherit it): MLflow's empty
-    store is migrated once for the suite (study.sqlite_store), not once per study, and nothing is cached
-    in the home folder."""
-    from trainables.data.synthetic import CACHE_ENV
-
-    folder, before = tmp_path_factory.mktemp("cache"), os.environ.get(CACHE_ENV)
-    os.environ[CACHE_ENV] = str(folder)
-    try:
-        yield folder
-    finally:
-        if before is None:
-            os.environ.pop(CACHE_ENV, None)
-        else:
-            os.environ[CACHE_ENV] = before
 
 
 @pytest.fixture(scope="session")
