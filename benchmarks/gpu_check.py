@@ -48,9 +48,10 @@ CHECKPOINT_LIMIT = 0.05  # a checkpoint per epoch may cost at most 5% of the epo
 SIZES = {  # full size on a GPU; tiny for --cpu-dry-run (same code, seconds on a CPU)
     "gpu": {"step": (32, 64, 32), "alexnet": (20, 128), "trial": {"image_size": 64, "images_per_class": 10,
             "finetune_train_per_class": 5, "finetune_val_per_class": 5,
-            "epochs_pretrain": 3, "epochs_finetune": 3, "width": 32}, "calls": 10, "warmup": 2},
+            "epochs_pretrain": 3, "epochs_finetune": 3, "width": 32}, "calls": 10, "warmup": 2, "sharing_trials": 4},
     "cpu": {"step": (2, 32, 8), "alexnet": (1, 32), "trial": {"image_size": 32, "images_per_class": 3,
-            "finetune_train_per_class": 2, "finetune_val_per_class": 1, "epochs_pretrain": 1, "epochs_finetune": 1, "width": 8, "batch_size": 8}, "calls": 1, "warmup": 0},
+            "finetune_train_per_class": 2, "finetune_val_per_class": 1, "epochs_pretrain": 1, "epochs_finetune": 1, "width": 8, "batch_size": 8}, "calls": 1, "warmup": 0,
+            "sharing_trials": 2},  # the dry run checks the code path: 2 trials share a GPU as 4 would
 }
 
 
@@ -169,15 +170,16 @@ def section_alexnet(device: torch.device, sizes: dict) -> None:
 
 
 def section_sharing(device: torch.device, sizes: dict, output: Path) -> None:
-    register_preset("gpu-check-sharing", base=sizes["trial"], seeds=4)
+    trials = sizes["sharing_trials"]
+    register_preset("gpu-check-sharing", base=sizes["trial"], seeds=trials)
     rates = {}
     for per_gpu in (1, 2, 4):
         fits: list[float] = []
         with timed_fits(fits):
             run_cli(["--preset", "gpu-check-sharing", "--output", str(output), "--name", f"share-{per_gpu}",
                      "--gpus-per-trial", str(1 / per_gpu), "--cpus-per-trial", "1"])
-        rates[per_gpu] = 4 / fits[0] * 3600
-        print(f"{per_gpu} trial(s) per GPU (--gpus-per-trial {1 / per_gpu:g}): 4 trials in {fits[0]:.1f} s, "
+        rates[per_gpu] = trials / fits[0] * 3600
+        print(f"{per_gpu} trial(s) per GPU (--gpus-per-trial {1 / per_gpu:g}): {trials} trials in {fits[0]:.1f} s, "
               f"{rates[per_gpu]:.0f} trials/hour", flush=True)
     for per_gpu in (2, 4):
         print(f"ratio trials/hour {per_gpu} per GPU/1 per GPU {rates[per_gpu] / rates[1]:.3f}")

@@ -208,10 +208,11 @@ def test_a_forced_collapse_is_flagged_end_to_end(tmp_path, data_cache):
 
 
 def test_pn_with_clean_labels_learns_well_above_the_majority_baseline(data_cache):
-    """P+N with clean labels on the synthetic view, at a CI size (1,200 images x 8 epochs, ~1 min on one
-    core): the majority prediction (all negative) has mean F1 1/11 * 2/3 = 0.061."""
+    """P+N with clean labels on the synthetic view, at a CI size (1,200 images x 6 epochs, ~45 s on one
+    core): the majority prediction (all negative) has mean F1 1/11 * 2/3 = 0.061. Measured 2026-12-01: test
+    mean F1 0.061, 0.061, 0.136, 0.149, 0.233, 0.289 at epochs 1-6 (0.284 at 8), against the bar of 0.182."""
     cfg = PUClassificationConfig(data="synthetic", setup="pn", labelled_fraction=1.0, images_per_class=60,
-                                 epochs=8, lr=1e-3, batch_size=32, data_cache=str(data_cache), num_threads=1)
+                                 epochs=6, lr=1e-3, batch_size=32, data_cache=str(data_cache), num_threads=1)
     reports = []
     run(cfg, report=lambda metrics, state: reports.append(metrics))
     majority_f1 = (2 * 0.5 / 1.5) / 11
