@@ -35,6 +35,7 @@ from study.relocate import artifact_location, relocate
 from study.resources import grid_limit, searcher_limit
 from study.spec import Secrets, StudyError, StudySpec
 from study.sqlite_store import seed_sqlite_store, template_dir
+from study.state_backup import StateBackup, filesystem_and_path, restore_unreadable_state
 from study.faults import is_transient, with_retries
 from study.replay import OUTBOX_FILE, Outbox, fail_fast_http, replay, unlogged_message
 from study.tracking import MLflowTrials, TrackingWriter, delete_orphan_runs, open_parent_run, study_summary_op
@@ -443,6 +444,9 @@ def build_tuner(study: OpenStudy) -> Any:
     # here, not in run_config: a restored Tuner takes its RunConfig from Ray's state and never calls it).
     os.environ.setdefault("TUNE_WARN_EXCESSIVE_EXPERIMENT_CHECKPOINT_SYNC_THRESHOLD_S", "0")
     if spec.resume and tune.Tuner.can_restore(study.experiment_path):
+        restored = restore_unreadable_state(*filesystem_and_path(study.experiment_path))  # study.state_backup
+        if restored:
+            print(restored, flush=True)
         return tune.Tuner.restore(study.experiment_path, trainable=trainable, resume_errored=True,
                                   param_space=param_space)
     if spec.resume:
@@ -486,8 +490,9 @@ def run_config(study: OpenStudy) -> Any:
     return tune.RunConfig(
         name=spec.name,
         storage_path=spec.storage,
-        # RestorableCheckpoints: a resumed trial's checkpoint exists before any trial starts
-        callbacks=[RestorableCheckpoints(), mlflow_trials, progress],
+        # RestorableCheckpoints: a resumed trial's checkpoint exists before any trial starts; StateBackup:
+        # a complete copy of Ray's last snapshot, for when a kill cuts its copy to the storage short
+        callbacks=[RestorableCheckpoints(), StateBackup(), mlflow_trials, progress],
         checkpoint_config=tune.CheckpointConfig(num_to_keep=CHECKPOINTS_TO_KEEP),
         # crashes only: a diverged trial returns (trainables.runtime.ending_on_divergence), never retried
         failure_config=tune.FailureConfig(max_failures=spec.max_failures),

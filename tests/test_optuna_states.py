@@ -338,10 +338,16 @@ def test_a_killed_and_resumed_search_keeps_states_values_and_links(tmp_path):
         kill_driver(started[0])
         before = {t.number: t for t in optuna.load_study(study_name=NAME, storage=optuna_storage_url(
             output / NAME)).get_trials()}
+        # The kill as it also lands: mid-copy of Ray's snapshot to the storage, which leaves the experiment
+        # state empty (Ray would then forget every trial; study.state_backup puts its last snapshot back)
+        (state,) = (output / "ray" / NAME).glob("experiment_state-*.json")
+        state.write_bytes(b"")
         started.append(Driver([*argv, "--resume"], tmp_path / "second.log"))
         # 0, or 1 where Ray could not restore the interrupted trial (its snapshot can name a checkpoint that
         # CHECKPOINTS_TO_KEEP = 1 had deleted by the kill): that trial then ends in error, and must be FAIL
         assert started[1].finish() in (0, EXIT_ERROR), f"--resume failed{started[1].tail()}"
+        log = started[1].log.read_text()
+        assert f"state file(s) {state.name} were cut short" in log and "Failed to restore" not in log, log
     finally:  # every driver and the Ray processes it started, by pid
         for driver in started:
             driver.cleanup()
