@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 import shutil
-import socket
 import subprocess
 import sys
 import time
@@ -16,18 +15,13 @@ from pathlib import Path
 
 import pandas as pd
 import pytest
+from helpers.ray_cluster import free_port
 
 from study.relocate import ARTIFACTS_DIR, relocate
 from study.run import main
 from study.spec import parse_spec
 
 pytestmark = pytest.mark.slow
-
-
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
 
 
 def _get(base: str, route: str, **params: str) -> bytes:
@@ -44,7 +38,7 @@ def _post(base: str, route: str, body: dict) -> dict:
 
 
 def _serve(database: Path, log: Path) -> tuple[subprocess.Popen, str]:
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(port),
          "--backend-store-uri", f"sqlite:///{database}", "--workers", "1"],

@@ -24,6 +24,7 @@ from typing import Any
 import pandas as pd
 import pytest
 
+from helpers.ray_cluster import free_port
 import test_faults as faults
 from test_faults import (  # noqa: F401  (drivers: the fixture, used by name)
     ROOT,
@@ -43,19 +44,13 @@ API_KEY = "another-planted-api-key-value"  # an unrelated credential in the envi
 CHECKPOINT_KEY = re.compile(rf"^{PREFIX}/[^/]+/(?P<trial>[^/]+)/checkpoint_(?P<index>\d+)/")
 
 
-def _free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return probe.getsockname()[1]
-
-
 @pytest.fixture
 def s3(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[Any]:
     """A boto3 client of a fresh moto server holding an empty bucket BUCKET; every driver this test
     starts gets the AWS variables that point pyarrow at it."""
     import boto3
 
-    port = _free_port()
+    port = free_port()
     endpoint = f"http://127.0.0.1:{port}"
     with open(tmp_path / "moto.log", "w") as log:
         server = subprocess.Popen([sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],

@@ -16,7 +16,6 @@ import math
 import os
 import pickle
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
@@ -30,6 +29,7 @@ import psutil
 import pytest
 import requests
 from mlflow.tracking import MlflowClient
+from helpers.ray_cluster import free_port
 from test_faults import drivers  # noqa: F401  (the fixture, used by name)
 
 from study.replay import OUTBOX_FILE, Outbox, Replayer, main as replay_main, replay
@@ -209,12 +209,6 @@ def test_the_outbox_is_a_bounded_fifo_on_disk(tmp_path):
 # --- a real mlflow server, killed by pid -------------------------------------------------------------
 
 
-def _free_port() -> int:
-    with socket.socket() as sock:
-        sock.bind(("127.0.0.1", 0))
-        return sock.getsockname()[1]
-
-
 class Server:
     """``mlflow server`` on 127.0.0.1:``port`` over a SQLite store; started again on the same port and store
     after :meth:`kill`, which SIGKILLs it and its workers by pid."""
@@ -264,7 +258,7 @@ class Server:
 
 @pytest.fixture
 def server(tmp_path):
-    started = Server(tmp_path, _free_port())
+    started = Server(tmp_path, free_port())
     started.start()
     yield started
     started.kill()

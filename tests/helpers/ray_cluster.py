@@ -107,11 +107,20 @@ def ray_cli() -> str:
     return found
 
 
+_HANDED_OUT: set[int] = set()  # every port free_port gave this test session
+
+
 def free_port() -> int:
-    """A TCP port no process listens on right now (the OS picks it)."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
-        sock.bind(("", 0))
-        return sock.getsockname()[1]
+    """A TCP port no process listens on right now (the OS picks it), and one this test session never
+    handed out before: a port is free again once its probe closes, and the OS may offer it twice before
+    Ray binds it (`ray start` refused its metrics-export port because the dashboard had been given it)."""
+    while True:
+        with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+            sock.bind(("", 0))
+            port = sock.getsockname()[1]
+        if port not in _HANDED_OUT:
+            _HANDED_OUT.add(port)
+            return port
 
 
 def _node_args(temp_dir: Path, resource: str) -> list[str]:
