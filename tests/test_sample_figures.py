@@ -53,3 +53,27 @@ def test_a_large_image_is_not_scaled_and_absent_columns_are_left_out(tmp_path):
     assert panel_scale(200, 300) == 1
     assert picture.shape == (TITLE_PX + 200 + GAP_PX, 2 * (300 + GAP_PX), 3)
     assert (panel(picture, 0, 1, 200, 300) == PALETTE[0]).all()
+
+
+def test_sample_images_are_spread_over_a_split_stored_class_by_class():
+    import torch
+
+    from trainables.data.base import SegmentationData
+    from trainables.data.loading import SegmentationDataset
+    from trainables.pretrain_finetune import _samples, sample_indices
+
+    assert sample_indices(100) == [0, 33, 66, 99]
+    assert sample_indices(10, 3) == [0, 4, 9] and sample_indices(3) == [0, 1, 2] and sample_indices(0) == []
+    # 5 classes, 20 images each, in class order (as the synthetic test split is stored)
+    labels = np.repeat(np.arange(1, 6, dtype=np.uint8), 20)[:, None, None] * np.ones((1, 4, 4), np.uint8)
+    images = np.arange(100, dtype=np.uint8)[:, None, None, None] * np.ones((1, 3, 4, 4), np.uint8)
+    data = SegmentationData(images, labels, (labels > 0).astype(np.uint16), tuple(f"c{i}" for i in range(6)))
+
+    class Constant(torch.nn.Module):  # predicts class 2 everywhere: (N, 6, H, W) logits
+        def forward(self, x: torch.Tensor) -> torch.Tensor:
+            return torch.nn.functional.one_hot(torch.full(x.shape[:1] + x.shape[2:], 2), 6).permute(0, 3, 1, 2).float()
+
+    samples = _samples(Constant(), SegmentationDataset(data), torch.device("cpu"), noisy=True)
+    assert samples["images"][:, 0, 0, 0].tolist() == [0, 33, 66, 99], "the images of the chosen indices"
+    assert [int(m[0, 0]) for m in samples["clean"]] == [1, 2, 4, 5], "four classes, not the first one only"
+    assert torch.equal(samples["noisy"], samples["clean"]) and (samples["prediction"] == 2).all()

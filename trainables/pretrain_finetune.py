@@ -410,17 +410,28 @@ def _loss_params(cfg: PretrainFinetuneConfig) -> dict[str, float]:
             if getattr(cfg, name) is not None}
 
 
+def sample_indices(length: int, count: int = NUM_SAMPLES) -> list[int]:
+    """``count`` indices spread evenly over ``range(length)``, first and last included (all of them when
+    ``length <= count``). Spread, not the first ones: a split stored class by class (the synthetic test
+    split) would otherwise show one class only."""
+    if length <= count:
+        return list(range(length))
+    return [round(i * (length - 1) / (count - 1)) for i in range(count)]
+
+
 def _samples(model: torch.nn.Module, dataset: Any, device: torch.device, *, noisy: bool) -> dict[str, torch.Tensor]:
-    """The first images of ``dataset`` with ground truth, prediction and (``noisy``) observed labels."""
-    count = min(NUM_SAMPLES, len(dataset))
-    images = torch.stack([dataset[i][0] for i in range(count)])
+    """:data:`NUM_SAMPLES` images of ``dataset`` (:func:`sample_indices`): ``images`` (S, 3, H, W) as
+    stored, ``clean`` ground truth and ``prediction`` (S, H, W) uint8, and (``noisy``) the observed
+    labels ``noisy`` (S, H, W)."""
+    chosen = sample_indices(len(dataset))
+    images = torch.stack([dataset[i][0] for i in chosen])
     samples = {
-        "images": dataset.inputs[:count].clone(),
-        "clean": torch.as_tensor(dataset.clean_labels[:count]).clone(),
+        "images": dataset.inputs[chosen].clone(),
+        "clean": torch.as_tensor(dataset.clean_labels[chosen]).clone(),
         "prediction": predict(model, images, device=device).to(torch.uint8).cpu(),
     }
     if noisy:
-        samples["noisy"] = torch.as_tensor(dataset.labels[:count]).clone()
+        samples["noisy"] = torch.as_tensor(dataset.labels[chosen]).clone()
     return samples
 
 
