@@ -10,14 +10,16 @@ is forgotten (seen in CI: an empty experiment_state file, a resumed search that 
 
 The fix keeps a second, complete copy beside Ray's. :class:`StateBackup` (a callback) runs after each
 controller step, which is after ``TuneController.checkpoint``, so the staging folder holds a whole
-snapshot. When that snapshot is new, it writes every state file into a new generation folder,
-``.state-backup/NNNNNNNN/``, and writes ``COMPLETE`` last. Then it removes the older generations, each
-one's ``COMPLETE`` first. Before ``--resume``, :func:`restore_unreadable_state` checks Ray's state files.
-If one of them is unreadable, it puts the newest complete generation in their place. That snapshot is
+snapshot. When that snapshot is new, it writes every state file as the next generation into one of two
+slots, ``.state-backup/a`` and ``.state-backup/b``, in turn: the slot's ``COMPLETE`` is deleted first and
+written last, so the other slot always holds the generation before, whole. Before ``--resume``,
+:func:`restore_unreadable_state` checks Ray's state files. If one of them is unreadable, it puts the
+newest complete generation in their place. That snapshot is
 the one the killed copy was writing, or the one before it, so it is no older than the last copy that
 finished. Ray lists only the experiment folder's own files (``_list_at_fs_path`` is not recursive), so it
 never sees the backup folder. Every write is a whole-file write through pyarrow, so the scheme needs no
-rename and works the same on a local disk and on S3.
+rename and works the same on a local disk and on S3, in about as many requests per snapshot as Ray's
+own copy.
 """
 
 from __future__ import annotations
@@ -37,8 +39,8 @@ from study.spec import StudyError
 STATE_FILE = re.compile(
     r"(experiment_state|searcher-state|search_gen_state|basic-variant-state|callback-states)-.+\.(json|pkl)")
 BACKUP_DIR = ".state-backup"
-COMPLETE = "COMPLETE"  # written last into a generation: {file name: size in bytes}
-GENERATION = re.compile(r"\d{8}")
+SLOTS = ("a", "b")  # generation n is written into SLOTS[n % 2]: the other slot keeps generation n - 1
+COMPLETE = "COMPLETE"  # written last into a slot: {"generation": n, "files": {file name: size in bytes}}
 
 
 def readable(name: str, data: bytes) -> bool:
@@ -90,52 +92,62 @@ def ray_state_files(fs: pyarrow.fs.FileSystem, experiment: str) -> dict[str, str
     return {name: path for name, path in _files(fs, experiment).items() if STATE_FILE.fullmatch(name)}
 
 
-def generations(fs: pyarrow.fs.FileSystem, experiment: str) -> list[int]:
-    """The numbers of the backup generations in ``experiment``, complete or not, oldest first."""
-    selector = pyarrow.fs.FileSelector(f"{experiment}/{BACKUP_DIR}", allow_not_found=True)
-    return sorted(int(info.base_name) for info in fs.get_file_info(selector)
-                  if info.type == pyarrow.fs.FileType.Directory and GENERATION.fullmatch(info.base_name))
+def _slot_dir(experiment: str, slot: str) -> str:
+    return f"{experiment}/{BACKUP_DIR}/{slot}"
 
 
-def _generation_dir(experiment: str, number: int) -> str:
-    return f"{experiment}/{BACKUP_DIR}/{number:08d}"
+def prepare_slots(fs: pyarrow.fs.FileSystem, experiment: str) -> None:
+    """Create the backup folders of ``experiment`` (object storage needs none; a local disk does)."""
+    for slot in SLOTS:
+        fs.create_dir(_slot_dir(experiment, slot), recursive=True)
 
 
-def write_generation(fs: pyarrow.fs.FileSystem, experiment: str, files: dict[str, bytes]) -> int:
-    """Write ``files`` ({Ray state file name: bytes}) as the next backup generation of ``experiment``,
-    ``COMPLETE`` last, then remove the older generations; its number."""
-    older = generations(fs, experiment)
-    number = older[-1] + 1 if older else 1
-    folder = _generation_dir(experiment, number)
-    fs.create_dir(folder, recursive=True)
+def _complete(fs: pyarrow.fs.FileSystem, experiment: str, slot: str) -> dict[str, Any] | None:
+    """A slot's ``COMPLETE`` ({"generation": n, "files": {name: size}}), or None where it is absent or
+    does not read."""
+    try:
+        complete = json.loads(_read(fs, f"{_slot_dir(experiment, slot)}/{COMPLETE}"))
+    except (FileNotFoundError, ValueError):
+        return None
+    if not isinstance(complete, dict) or not isinstance(complete.get("files"), dict):
+        return None
+    return complete
+
+
+def newest_generation(fs: pyarrow.fs.FileSystem, experiment: str) -> int:
+    """The number of the newest backup generation whose ``COMPLETE`` was written; 0 when there is none."""
+    found = [c["generation"] for slot in SLOTS if (c := _complete(fs, experiment, slot)) is not None]
+    return max(found, default=0)
+
+
+def write_generation(fs: pyarrow.fs.FileSystem, experiment: str, generation: int, files: dict[str, bytes]) -> None:
+    """Write ``files`` ({Ray state file name: bytes}) as backup ``generation`` of ``experiment``, into the
+    slot the generation before it does not use: that slot's ``COMPLETE`` goes first, the files follow, and
+    the new ``COMPLETE`` comes last. Whole-file writes only: a handful of requests on object storage."""
+    folder = _slot_dir(experiment, SLOTS[generation % 2])
+    try:
+        fs.delete_file(f"{folder}/{COMPLETE}")
+    except FileNotFoundError:
+        pass
     for name, data in files.items():
         _write(fs, f"{folder}/{name}", data)
-    _write(fs, f"{folder}/{COMPLETE}", json.dumps({name: len(data) for name, data in files.items()}).encode())
-    for old in older:  # COMPLETE first: a kill mid-removal leaves a generation that reads as incomplete
-        old_dir = _generation_dir(experiment, old)
-        if fs.get_file_info(f"{old_dir}/{COMPLETE}").type == pyarrow.fs.FileType.File:
-            fs.delete_file(f"{old_dir}/{COMPLETE}")
-        fs.delete_dir(old_dir)
-    return number
+    complete = {"generation": generation, "files": {name: len(data) for name, data in files.items()}}
+    _write(fs, f"{folder}/{COMPLETE}", json.dumps(complete).encode())
 
 
 def newest_complete_generation(fs: pyarrow.fs.FileSystem, experiment: str) -> tuple[int, dict[str, bytes]] | None:
-    """(number, {name: bytes}) of the newest generation whose files are all there, of the sizes its
+    """(generation, {name: bytes}) of the newest backup whose files are all there, of the sizes its
     ``COMPLETE`` lists, and readable; None when there is none."""
-    for number in reversed(generations(fs, experiment)):
-        folder = _generation_dir(experiment, number)
-        present = _files(fs, folder)
-        if COMPLETE not in present:
-            continue
+    candidates = sorted(((c["generation"], slot, c["files"]) for slot in SLOTS
+                         if (c := _complete(fs, experiment, slot)) is not None), reverse=True)
+    for generation, slot, sizes in candidates:
+        folder = _slot_dir(experiment, slot)
         try:
-            sizes = json.loads(_read(fs, present[COMPLETE]))
-        except ValueError:
+            files = {name: _read(fs, f"{folder}/{name}") for name in sizes}
+        except FileNotFoundError:
             continue
-        if not sizes or not set(sizes) <= set(present):
-            continue
-        files = {name: _read(fs, present[name]) for name in sizes}
-        if all(len(files[name]) == size and readable(name, files[name]) for name, size in sizes.items()):
-            return number, files
+        if sizes and all(len(files[name]) == size and readable(name, files[name]) for name, size in sizes.items()):
+            return generation, files
     return None
 
 
@@ -157,25 +169,26 @@ def restore_unreadable_state(fs: pyarrow.fs.FileSystem, experiment: str) -> str 
             "(a driver killed while copying them to the storage) and the study holds no complete copy of them "
             f"in {BACKUP_DIR}; Ray would forget every trial. Delete those files to resume from an older session's "
             "state where one is left, or run the study again under another --name")
-    number, files = backup
+    generation, files = backup
     for name, data in files.items():
         _write(fs, f"{experiment}/{name}", data)
     for name in sorted(set(present) - set(files)):
         fs.delete_file(present[name])
     return (f"[noisy-transfer] Ray Tune's state file(s) {', '.join(unreadable)} were cut short by the killed "
             f"driver (a copy to the storage in flight); resuming from the complete copy of its last snapshot "
-            f"({BACKUP_DIR}/{number:08d})")
+            f"(generation {generation} in {BACKUP_DIR})")
 
 
 class StateBackup(tune.Callback):
-    """After each controller step whose snapshot is new, write it as a backup generation
+    """After each controller step whose snapshot is new, write it as the next backup generation
     (:func:`write_generation`) beside Ray's state files on the storage. Stateless across pickling."""
 
     def __init__(self) -> None:
         self.written: tuple[tuple[str, int, int], ...] = ()  # (name, mtime ns, size) of the last backed-up files
+        self.generation: int | None = None  # the last one written; None until this driver has looked
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"written": ()}
+        return {"written": (), "generation": None}
 
     def on_step_end(self, iteration: int, trials: list, **info: Any) -> None:
         if not trials:
@@ -189,5 +202,10 @@ class StateBackup(tune.Callback):
         files = {p.name: p.read_bytes() for p in paths}
         if not all(readable(name, data) for name, data in files.items()):  # a save that failed midway
             return
-        write_generation(storage.storage_filesystem, storage.experiment_fs_path, files)
+        fs, experiment = storage.storage_filesystem, storage.experiment_fs_path
+        if self.generation is None:  # once per driver: a resumed study goes on from its newest generation
+            prepare_slots(fs, experiment)
+            self.generation = newest_generation(fs, experiment)
+        self.generation += 1
+        write_generation(fs, experiment, self.generation, files)
         self.written = stamp

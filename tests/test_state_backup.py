@@ -16,8 +16,9 @@ from study.state_backup import (
     COMPLETE,
     StateBackup,
     filesystem_and_path,
-    generations,
     newest_complete_generation,
+    newest_generation,
+    prepare_slots,
     readable,
     restore_unreadable_state,
     write_generation,
@@ -59,7 +60,8 @@ def test_a_state_file_reads_whole_and_never_cut_short(name, data):
 def test_an_intact_state_is_left_untouched(tmp_path):
     fs, experiment = pyarrow.fs.LocalFileSystem(), str(tmp_path)
     put(tmp_path, snapshot(7))
-    write_generation(fs, experiment, snapshot(3))
+    prepare_slots(fs, experiment)
+    write_generation(fs, experiment, 1, snapshot(3))
     before = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()}
     assert restore_unreadable_state(fs, experiment) is None
     assert {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file()} == before
@@ -67,9 +69,10 @@ def test_an_intact_state_is_left_untouched(tmp_path):
 
 def test_a_cut_short_state_is_replaced_by_the_newest_complete_generation(tmp_path):
     fs, experiment = pyarrow.fs.LocalFileSystem(), str(tmp_path)
-    write_generation(fs, experiment, snapshot(3))
-    write_generation(fs, experiment, snapshot(5))
-    assert generations(fs, experiment) == [2], "older generations go once a newer one is complete"
+    prepare_slots(fs, experiment)
+    for generation, iteration in ((1, 3), (2, 5)):
+        write_generation(fs, experiment, generation, snapshot(iteration))
+    assert newest_generation(fs, experiment) == 2
     # The killed copy: the experiment state empty, the searcher state half written, and a file of a
     # later session that the backup never held (Ray's other files must come from one snapshot)
     put(tmp_path, {**snapshot(6), f"experiment_state-{SESSION}.json": b"",
@@ -77,7 +80,7 @@ def test_a_cut_short_state_is_replaced_by_the_newest_complete_generation(tmp_pat
                    "callback-states-2026-12-02_00-00-00.pkl": CALLBACK_STATE[:10]})
     (tmp_path / "tuner.pkl").write_bytes(b"not Ray's state, never touched")
     line = restore_unreadable_state(fs, experiment)
-    assert line is not None and f"{BACKUP_DIR}/00000002" in line
+    assert line is not None and f"generation 2 in {BACKUP_DIR}" in line
     assert f"experiment_state-{SESSION}.json" in line and "callback-states-2026-12-02_00-00-00.pkl" in line
     state = {p.name: p.read_bytes() for p in tmp_path.iterdir() if p.is_file() and p.name != "tuner.pkl"}
     assert state == snapshot(5)
@@ -85,16 +88,22 @@ def test_a_cut_short_state_is_replaced_by_the_newest_complete_generation(tmp_pat
     assert restore_unreadable_state(fs, experiment) is None, "once restored, the state reads"
 
 
-def test_an_incomplete_generation_is_passed_over(tmp_path):
+def test_a_generation_cut_short_leaves_the_one_before_it_whole(tmp_path):
     fs, experiment = pyarrow.fs.LocalFileSystem(), str(tmp_path)
-    write_generation(fs, experiment, snapshot(3))
-    # A kill while writing generation 2: no COMPLETE yet; generation 3 names a size its file lacks
-    put(tmp_path / BACKUP_DIR / "00000002", snapshot(4))
-    put(tmp_path / BACKUP_DIR / "00000003", {**snapshot(5), COMPLETE: json.dumps(
-        {name: len(data) + 1 for name, data in snapshot(5).items()}).encode()})
-    assert newest_complete_generation(fs, experiment) == (1, snapshot(3))
-    assert write_generation(fs, experiment, snapshot(6)) == 4
-    assert generations(fs, experiment) == [4]
+    prepare_slots(fs, experiment)
+    for generation in (1, 2, 3):
+        write_generation(fs, experiment, generation, snapshot(generation))
+    assert newest_complete_generation(fs, experiment) == (3, snapshot(3))
+    # A kill while generation 4 overwrites generation 2's slot: its COMPLETE is gone, a file half written
+    (tmp_path / BACKUP_DIR / "a" / COMPLETE).unlink()
+    (tmp_path / BACKUP_DIR / "a" / f"searcher-state-{SESSION}.pkl").write_bytes(SEARCHER_STATE[:7])
+    assert newest_complete_generation(fs, experiment) == (3, snapshot(3))
+    # A COMPLETE naming a size its file lacks, or a file that is gone, is not trusted either
+    write_generation(fs, experiment, 4, snapshot(4))
+    (tmp_path / BACKUP_DIR / "a" / f"experiment_state-{SESSION}.json").write_bytes(b"{}")
+    (tmp_path / BACKUP_DIR / "b" / f"callback-states-{SESSION}.pkl").unlink()
+    assert newest_complete_generation(fs, experiment) is None
+    assert newest_generation(fs, experiment) == 4, "numbering goes on past a broken generation"
 
 
 def test_no_complete_copy_is_a_clear_error_that_changes_nothing(tmp_path):
@@ -109,7 +118,8 @@ def test_no_complete_copy_is_a_clear_error_that_changes_nothing(tmp_path):
 def test_the_scheme_needs_no_rename_and_works_on_a_non_local_filesystem():
     fs = pyarrow.fs._MockFileSystem()  # an in-memory filesystem, as object storage has no rename
     fs.create_dir("bucket/study")
-    write_generation(fs, "bucket/study", snapshot(3))
+    prepare_slots(fs, "bucket/study")
+    write_generation(fs, "bucket/study", 1, snapshot(3))
     for name, data in {**snapshot(4), f"experiment_state-{SESSION}.json": b""}.items():
         with fs.open_output_stream(f"bucket/study/{name}") as stream:
             stream.write(data)
@@ -126,18 +136,22 @@ def test_the_callback_backs_up_each_new_snapshot_once_and_never_a_broken_one(tmp
                                                     storage_filesystem=fs, experiment_fs_path=str(experiment)))
     callback = StateBackup()
     callback.on_step_end(iteration=0, trials=[trial])  # no snapshot staged yet
-    assert generations(fs, str(experiment)) == []
+    assert newest_generation(fs, str(experiment)) == 0
     put(staging, snapshot(1))
     callback.on_step_end(iteration=1, trials=[trial])
     callback.on_step_end(iteration=2, trials=[trial])  # the same snapshot: no second copy
-    assert generations(fs, str(experiment)) == [1]
+    assert newest_generation(fs, str(experiment)) == 1
     put(staging, {**snapshot(2), f"searcher-state-{SESSION}.pkl": SEARCHER_STATE[:-3]})  # a save that failed
     callback.on_step_end(iteration=3, trials=[trial])
-    assert generations(fs, str(experiment)) == [1]
+    assert newest_generation(fs, str(experiment)) == 1
     put(staging, snapshot(3))
     callback.on_step_end(iteration=4, trials=[trial])
     assert newest_complete_generation(fs, str(experiment)) == (2, snapshot(3))
-    assert pickle.loads(pickle.dumps(callback)).written == (), "a resumed driver checks afresh"
+    resumed = pickle.loads(pickle.dumps(callback))  # a resumed driver: it goes on from generation 2
+    assert (resumed.written, resumed.generation) == ((), None)
+    put(staging, snapshot(4))
+    resumed.on_step_end(iteration=0, trials=[trial])
+    assert newest_complete_generation(fs, str(experiment)) == (3, snapshot(4))
 
 
 def test_storage_uris_and_paths_resolve_to_pyarrow_filesystems(tmp_path):
