@@ -218,7 +218,11 @@ class Server:
         self.uri = f"http://127.0.0.1:{port}"
 
     def start(self) -> None:
+        from study.sqlite_store import seed_sqlite_store, template_dir
+
         self.starts += 1
+        # a migrated empty store, as a study's own SQLite store starts (MLflow's migrations take seconds)
+        seed_sqlite_store(f"sqlite:///{self.root / 'mlflow.db'}", template_dir(self.root))
         log = self.root / f"server-{self.starts}.log"
         self.proc = subprocess.Popen(
             [sys.executable, "-m", "mlflow", "server", "--host", "127.0.0.1", "--port", str(self.port),
