@@ -27,8 +27,13 @@ from search_spaces.base import Preset
 #   0.695. The level is the constant lr's within one seed's noise, but the last epochs are flat: the last
 #   epoch, which Table 2 reports, is a converged model's, not a snapshot of Adam moving at full lr (whose
 #   epochs 10-12 swung by 0.11), so it no longer adds that swing to the seeds' spread.
+#   2026-12-01, same images, epochs and cosine, batch 16 instead of 32: twice the Adam steps at the same
+#   cost on the CPU (143 s against 145 s per trial, one thread, idle), and the model learns faster per image:
+#   P+N over epochs 10-12, seed 0: mean F1 0.750 / 0.776 / 0.770, accuracy 0.808 / 0.825 / 0.815 (batch 32:
+#   0.640 / 0.688 / 0.687 and 0.738 / 0.755 / 0.755); seeds 1 and 2 end at F1 0.784 and 0.808 (accuracy 0.823 and 0.847).
+#   Turning the flip-and-crop augmentation off did not help (0.687 at epoch 12). This meets issue 19's bar.
 RECIPES = {
-    "synthetic": {"images_per_class": 100, "epochs": 12, "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 32},
+    "synthetic": {"images_per_class": 100, "epochs": 12, "lr": 1e-3, "lr_schedule": "cosine", "batch_size": 16},
     "cifar": {"epochs": 20, "lr": 1e-4, "batch_size": 128},
 }
 
