@@ -47,7 +47,7 @@ def available(study: Study) -> tuple[str, ...]:
     """The section keys the study supports, in report order: for pretrain-finetune studies
     ``"table1"``, ``"figure3"``, ``"table3"``, ``"paired_differences"``, ``"search"``, ``"figure6"`` (with
     sample predictions in the artifacts); for PU studies
-    ``"table2"``, ``"figure4"``, ``"figure5"``; then ``"figure2"`` and ``"learning_curves"``."""
+    ``"table2"``, ``"figure4"``, ``"figure5"``, ``"paired_differences"``; then ``"figure2"`` and ``"learning_curves"``."""
     trials, history = study.trials, study.history
     keys = []
     if study.trainable == "pretrain_finetune":
@@ -74,6 +74,9 @@ def available(study: Study) -> tuple[str, ...]:
             keys.append("figure4")
         if trials["labelled_fraction"].nunique() > 1:
             keys.append("figure5")
+        conditions = trials.drop_duplicates("condition")
+        if stats.pu_references(conditions):
+            keys.append("paired_differences")
     # Figure 2 illustrates the modified negative losses: shown when the study uses one of them.
     if "loss" in trials.columns and set(trials["loss"]) & (set(plots.FIGURE2_LOSSES) - {"ce"}):
         keys.append("figure2")
@@ -130,10 +133,18 @@ def _figure6(study: Study) -> list[Section]:
 
 
 def _paired(study: Study) -> list[Section]:
-    note = ("Score: mean of the last 5 fine-tuning test mean IUs per trial; difference to the reference "
-            "condition over matching (fold, seed) pairs, 95% Student-t interval.")
-    return [Section("paired_differences", "Paired differences to the reference condition",
-                    stats.paired_differences(study), notes=(note,))]
+    if study.trainable == "pretrain_finetune":
+        note = ("Score: mean of the last 5 fine-tuning test mean IUs per trial; difference to the reference "
+                "condition over matching (fold, seed) pairs, 95% Student-t interval.")
+        frame = stats.paired_differences(study)
+    else:
+        note = ("Score: test mean F1 at each trial's last epoch; condition minus reference over matching seeds, "
+                "95% Student-t interval. References: P+U with cross-entropy (what a loss or annotation gains), "
+                "P+N with cross-entropy at the same labelled fraction (do reliable negatives beat the PU loss?), "
+                "the weighted loss at the same fraction (do the PU losses differ?).")
+        frame = stats.pu_paired_differences(study)
+    frame = frame.assign(excludes_0=stats.excludes_zero(frame))
+    return [Section("paired_differences", "Paired differences to the reference condition", frame, notes=(note,))]
 
 
 def _search(study: Study) -> list[Section]:
@@ -220,10 +231,21 @@ def summary_text(study: Study | str | Path) -> str:
     if key in ("table2", "figure5"):
         lines += ["", "collapsed models (predictions cover fewer than half of the classes):"] + (
             [f"  {line}" for line in tables.collapse_lines(study)] or ["  none"])
+        lines += ["", "paired differences in test mean F1, condition - reference over the seeds, 95% CI "
+                  "(* : excludes 0):"] + ([f"  {line}" for line in paired_lines(stats.pu_paired_differences(study))]
+                                           or ["  none"])
     if key in _TOO_FEW_LABELS:
         lines += ["", "cells with too few runs:"] + (
             [f"  {line}" for line in tables.too_few_cells(frame, _TOO_FEW_LABELS[key])] or ["  none"])
     return "\n".join(lines)
+
+
+def paired_lines(frame: pd.DataFrame) -> list[str]:
+    """One line per paired difference: ``condition - reference: +0.304 [+0.112, +0.495] (3 pairs) *``,
+    the star marking an interval that excludes 0."""
+    marks = stats.excludes_zero(frame)
+    return [f"{row.condition} - {row.reference}: {row.mean_difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] "
+            f"({row.n_pairs} pairs){' *' if mark else ''}" for row, mark in zip(frame.itertuples(index=False), marks)]
 
 
 def write_report(study: Study | str | Path, fmt: str = "md") -> Path:

@@ -17,7 +17,8 @@ import pandas as pd
 from scipy import stats as scipy_stats
 
 from analysis.load import Study
-from analysis.tables import MIN_SEEDS, STD_DDOF, TABLE1_METRIC, finetune_tail, finished_trials, trial_last_values
+from analysis.tables import (MIN_SEEDS, STD_DDOF, TABLE1_METRIC, TABLE2_METRICS, finetune_tail, finished_trials,
+                             pu_trials, trial_last_values)
 
 # Condition -> the condition it is compared with (schema.md, Table 1).
 REFERENCES: dict[str, str] = {
@@ -77,8 +78,69 @@ def paired_differences(study: Study, references: Mapping[str, str] = REFERENCES,
         mean, low, high = mean_ci((pairs["score"] - pairs["score_reference"]).to_numpy(), confidence)
         rows.append({"condition": condition, "reference": reference, "mean_difference": mean,
                      "ci_low": low, "ci_high": high, "n_pairs": len(pairs), "too_few": len(pairs) < MIN_SEEDS})
-    columns = ["condition", "reference", "mean_difference", "ci_low", "ci_high", "n_pairs", "too_few"]
-    return pd.DataFrame(rows, columns=columns).astype({"n_pairs": int, "too_few": bool})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS).astype({"n_pairs": int, "too_few": bool})
+
+
+PAIRED_COLUMNS = ["condition", "reference", "mean_difference", "ci_low", "ci_high", "n_pairs", "too_few"]
+
+
+def pu_references(conditions: pd.DataFrame) -> list[tuple[str, str]]:
+    """The (condition, reference) pairs a PU study's claims rest on (thesis 5.2, Table 2 and Figure 5).
+
+    ``conditions``: one row per condition with columns condition, setup, labelled_fraction, loss. In
+    study order, each condition is compared with
+    - the P+U cross-entropy condition at its labelled fraction, or the study's only one (Table 2: what
+      each annotation or loss gains over CE on P+U);
+    - for a P+U condition, the P+N cross-entropy condition at its fraction (Figure 5: reliable negatives
+      beat every PU loss at every fraction);
+    - for a P+U negative-aware loss other than the weighted one, the weighted loss at its fraction
+      (Figure 5: the three losses do not differ significantly).
+    """
+    rows = list(conditions[["condition", "setup", "labelled_fraction", "loss"]].itertuples(index=False))
+
+    def find(setup: str, fraction: float | None, loss: str) -> list[str]:
+        return [r.condition for r in rows if r.setup == setup and r.loss == loss
+                and (fraction is None or math.isclose(r.labelled_fraction, fraction))]
+
+    all_pu_ce = find("pu", None, "ce")
+    pairs: list[tuple[str, str]] = []
+    for row in rows:
+        references = find("pu", row.labelled_fraction, "ce") or (all_pu_ce if len(all_pu_ce) == 1 else [])
+        if row.setup == "pu":
+            references += find("pn", row.labelled_fraction, "ce")
+            if row.loss not in ("ce", "weighted_neg"):
+                references += find("pu", row.labelled_fraction, "weighted_neg")[:1]
+        # A pair is compared once, in the direction it is first met (50%(P+N) - 50%P+U/CE, not both).
+        pairs += [(row.condition, reference) for reference in dict.fromkeys(references)
+                  if reference != row.condition and (reference, row.condition) not in pairs]
+    return pairs
+
+
+def pu_paired_differences(study: Study, metric: str = "mean_f1",
+                          confidence: float = CONFIDENCE) -> pd.DataFrame:
+    """A PU study's paired differences: ``metric`` (a Table 2 column: acc, mean_precision, mean_recall,
+    mean_f1) at each trial's last epoch, condition minus reference (:func:`pu_references`) over the seeds
+    both finished, with the mean difference and its Student-t interval. The same columns as
+    :func:`paired_differences`."""
+    if not 0 < confidence < 1:
+        raise ValueError(f"confidence must be in (0, 1), got {confidence!r}")
+    trials = pu_trials(study)
+    if metric not in TABLE2_METRICS:
+        raise ValueError(f"metric must be one of {sorted(TABLE2_METRICS)}, got {metric!r}")
+    rows = []
+    for condition, reference in pu_references(trials.drop_duplicates("condition")):
+        pairs = trials[trials["condition"] == condition].merge(
+            trials[trials["condition"] == reference], on="seed", suffixes=("", "_reference"))
+        mean, low, high = mean_ci((pairs[metric] - pairs[f"{metric}_reference"]).to_numpy(), confidence)
+        rows.append({"condition": condition, "reference": reference, "mean_difference": mean,
+                     "ci_low": low, "ci_high": high, "n_pairs": len(pairs), "too_few": len(pairs) < MIN_SEEDS})
+    return pd.DataFrame(rows, columns=PAIRED_COLUMNS).astype({"n_pairs": int, "too_few": bool})
+
+
+def excludes_zero(frame: pd.DataFrame) -> pd.Series:
+    """Per row of a paired-differences frame: does its confidence interval exclude 0? (False where the
+    interval is NaN: too few pairs to say.)"""
+    return (frame["ci_low"] > 0) | (frame["ci_high"] < 0)
 
 
 @dataclass(frozen=True, eq=False)

@@ -184,6 +184,9 @@ def test_table2_and_the_terminal_table_mark_collapsed_seeds(tmp_path):
     text = report.summary_text(study)
     assert "pu_0.5_ce seed 1: collapsed to 0 (negative) (1 of 11 classes predicted)" in text
     assert "seed 1 -> 0 (negative)" in text  # in the table itself
+    # P+N scores 0.1 x the labelled fraction more at every epoch (pu_frames): +0.05 on both seeds, an exact
+    # interval that excludes 0, starred.
+    assert "  pn_1.0_ce - pu_0.5_ce: +0.050 [+0.050, +0.050] (2 pairs) *" in text
     written = report.write_report(study).read_text()
     assert "COLLAPSED: pu_0.5_ce seed 1: collapsed to 0 (negative)" in written
 

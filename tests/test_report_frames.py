@@ -41,7 +41,7 @@ def test_available_sections_follow_preset_and_columns(tmp_path):
     assert report.available(load_study(quick_study(tmp_path))) == (
         "table1", "paired_differences", "figure2", "learning_curves")
     assert report.available(load_study(pu_study(tmp_path))) == (
-        "table2", "figure4", "figure5", "figure2", "learning_curves")
+        "table2", "figure4", "figure5", "paired_differences", "figure2", "learning_curves")
     fig3 = write_study(tmp_path / "fig3", *pretrain_finetune_frames(
         ["RandomWeights", "Superclasses", "RandomGroups4", "Exact"], folds=(1,), preset="fig3"))
     assert report.available(load_study(fig3)) == ("table1", "figure3", "learning_curves")

@@ -9,6 +9,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from helpers.analysis_frames import (
+    PU_METRICS,
     log_to_mlflow,
     pretrain_finetune_frames,
     pu_frames,
@@ -18,7 +19,7 @@ from scipy import stats as scipy_stats
 
 from analysis import tables
 from analysis.load import load_study, study_from_mlflow
-from analysis.stats import mean_ci, paired_differences, search_summary
+from analysis.stats import excludes_zero, mean_ci, paired_differences, pu_paired_differences, pu_references, search_summary
 
 EARLY = 100.0  # fine-tuning values before the last 5 epochs: counting any of them breaks every mean
 SEED_VALUES = {(1, 0): 0.30, (1, 1): 0.34, (2, 0): 0.40, (2, 1): 0.40}
@@ -309,6 +310,51 @@ def test_paired_differences_only_matching_pairs_and_too_few(tmp_path):
     assert row["n_pairs"] == 1 and row["too_few"]
     assert row["mean_difference"] == pytest.approx(-0.1)
     assert math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+
+
+def _conditions(rows):
+    return pd.DataFrame(rows, columns=["condition", "setup", "labelled_fraction", "loss"])
+
+
+def test_pu_references_follow_table2_and_figure5s_claims():
+    table2 = _conditions([("P+N", "pn", 1.0, "ce"), ("50%(P+N)", "pn", 0.5, "ce"), ("50%P+U/CE", "pu", 0.5, "ce"),
+                          ("50%P+U/W", "pu", 0.5, "weighted_neg"), ("50%P+U/S", "pu", 0.5, "sigmoidal_neg")])
+    assert pu_references(table2) == [
+        ("P+N", "50%P+U/CE"), ("50%(P+N)", "50%P+U/CE"),  # the CE row on P+U is every row's reference...
+        ("50%P+U/W", "50%P+U/CE"), ("50%P+U/W", "50%(P+N)"),  # ...a PU loss also meets P+N at its fraction
+        ("50%P+U/S", "50%P+U/CE"), ("50%P+U/S", "50%(P+N)"), ("50%P+U/S", "50%P+U/W")]  # and the weighted loss
+    # Figure 5: no CE on P+U; 0% has no P+N condition; fractions match by value, not by name.
+    fig5 = _conditions([("10%(P+N)", "pn", 0.1, "ce"), ("0%P+U/W", "pu", 0.0, "weighted_neg"),
+                        ("0%P+U/B", "pu", 0.0, "bootstrap_neg"), ("10%P+U/W", "pu", 0.1, "weighted_neg"),
+                        ("10%P+U/B", "pu", 0.1, "bootstrap_neg"), ("25%P+U/B", "pu", 0.25, "bootstrap_neg")])
+    assert pu_references(fig5) == [("0%P+U/B", "0%P+U/W"), ("10%P+U/W", "10%(P+N)"), ("10%P+U/B", "10%(P+N)"),
+                                   ("10%P+U/B", "10%P+U/W")]
+    # Two CE rows on P+U at other fractions: neither is "the" reference of a P+N row at a third fraction.
+    two = _conditions([("P+N", "pn", 1.0, "ce"), ("a", "pu", 0.25, "ce"), ("b", "pu", 0.5, "ce")])
+    assert pu_references(two) == []
+
+
+def test_pu_paired_differences_known_interval_and_too_few(tmp_path):
+    def metrics(config, epoch):  # the weighted loss beats CE by 0.30, 0.31, 0.32 at seeds 0, 1, 2
+        gain = 0.3 + 0.01 * config["seed"] if config["loss"] == "weighted_neg" else 0.0
+        return dict.fromkeys(PU_METRICS, 0.3 + gain + 0.01 * epoch)
+
+    trials, history, meta = pu_frames([("pu", 0.5, "ce"), ("pu", 0.5, "weighted_neg")], seeds=(0, 1, 2),
+                                      metrics=metrics)
+    trials.loc[(trials["loss"] == "ce") & (trials["seed"] == 2), "status"] = "ERROR"
+    study = load_study(write_study(tmp_path / "pu", trials, history, meta))
+    row = pu_paired_differences(study).iloc[0]
+    half = scipy_stats.t.ppf(0.975, 1) * math.sqrt(0.00005) / math.sqrt(2)  # seeds 0, 1 pair: 0.30, 0.31
+    assert (row["condition"], row["reference"]) == ("pu_0.5_weighted_neg", "pu_0.5_ce")
+    assert row["n_pairs"] == 2 and not row["too_few"]
+    assert (row["mean_difference"], row["ci_low"], row["ci_high"]) == pytest.approx((0.305, 0.305 - half, 0.305 + half))
+    assert 0.305 - half > 0 and excludes_zero(pu_paired_differences(study)).tolist() == [True]
+    one = load_study(write_study(tmp_path / "one", *pu_frames([("pu", 0.5, "ce"), ("pu", 0.5, "sigmoidal_neg")],
+                                                               seeds=(0,))))
+    row = pu_paired_differences(one).iloc[0]
+    assert row["too_few"] and math.isnan(row["ci_low"]) and not excludes_zero(pu_paired_differences(one)).any()
+    with pytest.raises(ValueError, match=r"metric must be one of .*got 'f1'"):
+        pu_paired_differences(study, "f1")
 
 
 def test_mean_ci_edge_cases():
