@@ -147,6 +147,7 @@ def test_pu_notebook_runs_headless_with_an_injected_parameter(tmp_path, monkeypa
     nb = run_notebook("pu_learning.ipynb", inject=f"STUDY_DIR = {str(pu_study(tmp_path))!r}")
     assert len(outputs(nb, "image/png")) == 4  # Figures 2, 4, 5 and the learning curves
     assert any("SigmoidalNeg." in html for html in outputs(nb, "text/html"))
+    assert any("excludes_0" in html and "pu_1.0_sigmoidal_neg" in html for html in outputs(nb, "text/html"))
 
 
 def test_summary_text_shows_the_presets_table(tmp_path):
