@@ -234,6 +234,10 @@ def summary_text(study: Study | str | Path) -> str:
         lines += ["", "paired differences in test mean F1, condition - reference over the seeds, 95% CI "
                   "(* : excludes 0):"] + ([f"  {line}" for line in paired_lines(stats.pu_paired_differences(study))]
                                            or ["  none"])
+    if key == "table1" and "paired_differences" in keys:
+        lines += ["", "paired differences in fine-tuning test mean IU (last 5 epochs), condition - reference "
+                  "over the (fold, seed) pairs, 95% CI (* : excludes 0):"] + [
+            f"  {line}" for line in paired_lines(stats.paired_differences(study))]
     if key in _TOO_FEW_LABELS:
         lines += ["", "cells with too few runs:"] + (
             [f"  {line}" for line in tables.too_few_cells(frame, _TOO_FEW_LABELS[key])] or ["  none"])

@@ -17,7 +17,7 @@ from helpers.analysis_frames import (
 )
 from scipy import stats as scipy_stats
 
-from analysis import tables
+from analysis import report, tables
 from analysis.load import load_study, study_from_mlflow
 from analysis.stats import excludes_zero, mean_ci, paired_differences, pu_paired_differences, pu_references, search_summary
 
@@ -310,6 +310,18 @@ def test_paired_differences_only_matching_pairs_and_too_few(tmp_path):
     assert row["n_pairs"] == 1 and row["too_few"]
     assert row["mean_difference"] == pytest.approx(-0.1)
     assert math.isnan(row["ci_low"]) and math.isnan(row["ci_high"])
+
+
+def test_summary_text_prints_table1s_paired_differences_and_stars_those_excluding_0(tmp_path):
+    def value(condition, fold, seed, epoch):  # HalfUnsegmented +0.10/0.11/0.12, RandomWeights -0.1/-0.2/-0.3
+        return 0.5 + {"HalfUnsegmented": 0.1 + 0.01 * seed, "RandomWeights": -0.1 * (seed + 1)}.get(condition, 0.0)
+
+    study = make(tmp_path, ("CompleteLabels", "HalfUnsegmented", "RandomWeights"), folds=(1,), seeds=(0, 1, 2),
+                 value=value)
+    lines = report.summary_text(study).splitlines()
+    # t(0.975, 2) = 4.303: half widths 4.303 x 0.01 / sqrt(3) = 0.025 and 4.303 x 0.1 / sqrt(3) = 0.248
+    assert lines[-5:-3] == ["  HalfUnsegmented - CompleteLabels: +0.110 [+0.085, +0.135] (3 pairs) *",
+                            "  RandomWeights - CompleteLabels: -0.200 [-0.448, +0.048] (3 pairs)"]
 
 
 def _conditions(rows):
