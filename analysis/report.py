@@ -246,10 +246,15 @@ def summary_text(study: Study | str | Path) -> str:
 
 def paired_lines(frame: pd.DataFrame) -> list[str]:
     """One line per paired difference: ``condition - reference: +0.304 [+0.112, +0.495] (3 pairs) *``,
-    the star marking an interval that excludes 0."""
-    marks = stats.excludes_zero(frame)
-    return [f"{row.condition} - {row.reference}: {row.mean_difference:+.3f} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] "
-            f"({row.n_pairs} pairs){' *' if mark else ''}" for row, mark in zip(frame.itertuples(index=False), marks)]
+    the star marking an interval that excludes 0; ``... +0.005 (1 pair: too few for an interval)``."""
+    lines = []
+    for row, mark in zip(frame.itertuples(index=False), stats.excludes_zero(frame)):
+        head = f"{row.condition} - {row.reference}: {row.mean_difference:+.3f}"
+        if row.too_few or pd.isna(row.ci_low):
+            lines.append(f"{head} ({row.n_pairs} pair{'' if row.n_pairs == 1 else 's'}: too few for an interval)")
+        else:
+            lines.append(f"{head} [{row.ci_low:+.3f}, {row.ci_high:+.3f}] ({row.n_pairs} pairs){' *' if mark else ''}")
+    return lines
 
 
 def write_report(study: Study | str | Path, fmt: str = "md") -> Path:

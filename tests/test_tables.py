@@ -320,6 +320,8 @@ def test_summary_text_prints_table1s_paired_differences_and_stars_those_excludin
                  value=value)
     lines = report.summary_text(study).splitlines()
     # t(0.975, 2) = 4.303: half widths 4.303 x 0.01 / sqrt(3) = 0.025 and 4.303 x 0.1 / sqrt(3) = 0.248
+    one = make(tmp_path / "one", ("CompleteLabels", "HalfUnsegmented"), folds=(1,), seeds=(0,), value=value)
+    assert "  HalfUnsegmented - CompleteLabels: +0.100 (1 pair: too few for an interval)" in report.summary_text(one)
     assert lines[-5:-3] == ["  HalfUnsegmented - CompleteLabels: +0.110 [+0.085, +0.135] (3 pairs) *",
                             "  RandomWeights - CompleteLabels: -0.200 [-0.448, +0.048] (3 pairs)"]
 
