@@ -176,6 +176,35 @@ def test_classification_images_and_points():
     np.testing.assert_array_equal(x.numpy(), points)  # no augmentation and no normalisation for points
 
 
+def test_samples_per_epoch_cycles_fresh_permutations_reproducibly():
+    points = np.arange(10, dtype=np.float32).reshape(5, 2)  # sample i is the point (2i, 2i + 1)
+    labels = np.arange(5) % 3
+    dataset = ClassificationDataset(ClassificationData(points, labels, labels, ("n", "a", "b")))
+    loader = make_loader(dataset, 4, shuffle=True, augment=False, seed=3, samples_per_epoch=12)
+    assert len(loader) == 3
+
+    def drawn(loader):
+        return [int(row[0]) // 2 for x, _ in loader for row in x]
+
+    epoch0 = drawn(loader)
+    # 12 samples from 5: two whole permutations, then the first 2 of a third.
+    assert len(epoch0) == 12 and sorted(epoch0[:5]) == sorted(epoch0[5:10]) == [0, 1, 2, 3, 4]
+    assert len(set(epoch0[10:])) == 2
+    loader.set_epoch(1)
+    epoch1 = drawn(loader)
+    assert epoch1 != epoch0
+    resumed = make_loader(dataset, 4, shuffle=True, augment=False, seed=3, samples_per_epoch=12)
+    resumed.set_epoch(1)
+    assert drawn(resumed) == epoch1
+    # Fewer samples than the data set: a cut permutation, no repeats.
+    short = drawn(make_loader(dataset, 4, shuffle=True, augment=False, seed=3, samples_per_epoch=3))
+    assert len(short) == len(set(short)) == 3
+    with pytest.raises(ValueError, match="samples_per_epoch must be an integer >= 1, got 0"):
+        make_loader(dataset, 4, shuffle=True, augment=False, seed=0, samples_per_epoch=0)
+    with pytest.raises(ValueError, match="samples_per_epoch needs shuffle=True"):
+        make_loader(dataset, 4, shuffle=False, augment=False, seed=0, samples_per_epoch=10)
+
+
 def test_loader_argument_errors():
     dataset = SegmentationDataset(_objects_data())
     with pytest.raises(ValueError, match="batch_size must be an integer >= 1, got 0"):

@@ -4,6 +4,7 @@ and the table2 / fig5 presets."""
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import math
 from pathlib import Path
@@ -23,7 +24,8 @@ from trainables.config import PUClassificationConfig
 from trainables.data.base import ClassificationData
 from trainables.losses import WeightedNegativeLoss, make_loss, pu_class_weights
 from trainables.models import cifar_cnn
-from trainables.pu_classification import make_losses, per_sample_loss, run, unlabelled_positive_share
+from trainables.pu_classification import (load_pu_data, make_losses, per_sample_loss, run, samples_per_epoch,
+                                          unlabelled_positive_share)
 
 # --- initialisation -------------------------------------------------------------------------------
 
@@ -226,6 +228,21 @@ def test_pn_with_clean_labels_learns_well_above_the_majority_baseline(data_cache
 # --- presets --------------------------------------------------------------------------------------
 
 
+def test_full_epoch_length_gives_every_pn_fraction_the_steps_of_fraction_1(data_cache):
+    def config(**values):
+        return PUClassificationConfig(**{"data": "synthetic", "images_per_class": 20, "data_cache": str(data_cache),
+                                         "epoch_length": "full", **values})
+
+    # 20 training images per class x 20 classes: P+N at fraction 1 trains on all 400.
+    half = config(setup="pn", labelled_fraction=0.5)
+    assert len(load_pu_data(half, "train")) == 200 and samples_per_epoch(half, 200) == 400
+    assert samples_per_epoch(config(setup="pn", labelled_fraction=1.0), 400) is None
+    assert samples_per_epoch(config(setup="pu", labelled_fraction=0.1), 400) is None  # P+U holds the pool
+    assert samples_per_epoch(dataclasses.replace(half, epoch_length="split"), 200) is None
+    with pytest.raises(ValueError, match="epoch_length.*'steps'"):
+        config(epoch_length="steps")
+
+
 def test_table2_runs_the_ablation_and_each_data_kinds_recipe():
     preset = PRESETS["table2"]
     ablation = preset.conditions["50%P+U/SigmoidalNeg.Reweighted"]
@@ -233,7 +250,9 @@ def test_table2_runs_the_ablation_and_each_data_kinds_recipe():
     synthetic = preset.trial_configs("synthetic")
     cifar = preset.trial_configs("cifar:/data/cifar")
     assert len(synthetic) == len(cifar) == 7 * 3
-    assert {(c["lr"], c["batch_size"], c["lr_schedule"]) for c in cifar} == {(1e-4, 128, "constant")}  # the thesis's
+    assert {(c["lr"], c["batch_size"], c["lr_schedule"], c["epoch_length"]) for c in cifar} == {
+        (1e-4, 128, "constant", "split")}  # the thesis's
+    assert {c["epoch_length"] for c in synthetic} == {"full"}  # every labelled fraction gets P+N's steps
     assert {c["lr_schedule"] for c in synthetic} == {"cosine"}  # a converged last epoch (table2.RECIPES)
     assert {(c["lr"], c["batch_size"], c["epochs"]) for c in synthetic} == {
         (RECIPES["synthetic"]["lr"], RECIPES["synthetic"]["batch_size"], RECIPES["synthetic"]["epochs"])}

@@ -351,6 +351,7 @@ def config_fields(cls: type) -> dict[str, str]:
 
 PU_SETUPS = ("pu", "pn")
 PU_LR_SCHEDULES = ("constant", "cosine")
+PU_EPOCH_LENGTHS = ("split", "full")
 
 
 @dataclass(frozen=True)
@@ -384,6 +385,9 @@ class PUClassificationConfig:
                             doc="constant (thesis) | cosine: lr decays to 0 over `epochs`, epoch by epoch")
     weight_decay: float = spec(float, lo=0.0, hi=1.0, default=0.0)
     batch_size: int = spec(int, lo=1, hi=4096, default=128)
+    epoch_length: str = spec(str, choices=PU_EPOCH_LENGTHS, default="split",
+                             doc="split: an epoch is one pass over the training split | full: as many samples "
+                                 "as the split at labelled_fraction 1, so a P+N fraction gets P+N's steps")
     objective_last_k: int = spec(int, lo=1, default=5,
                                  doc="objective = mean of the last k validation mean F1s")
     images_per_class: int = spec(int, lo=0, default=0,

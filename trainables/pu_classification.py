@@ -36,6 +36,7 @@ a resumed run ends with the metrics of an uninterrupted one on CPU.
 
 from __future__ import annotations
 
+import dataclasses
 import math
 from typing import Any
 
@@ -107,7 +108,8 @@ def run(
         history = list(resume.history)
 
     loader = make_loader(train_set, cfg.batch_size, shuffle=True, augment=True,
-                         seed=stream_seed(cfg.seed, BATCH_ORDER_STREAM), device=device)
+                         seed=stream_seed(cfg.seed, BATCH_ORDER_STREAM), device=device,
+                         samples_per_epoch=samples_per_epoch(cfg, len(train_set)))
     scored = {split: make_loader(ClassificationDataset(data), cfg.batch_size, shuffle=False, augment=False, seed=0,
                                  device=device) for split, data in zip(SPLITS, (val_data, test_data))}
     # bfloat16 speeds up the CNN on a GPU; the moons MLP is tiny and its Figure 4 map wants float32.
@@ -137,6 +139,16 @@ def run(
 
     run_epochs(trainer, evaluations, record, report, done=len(history), epochs=cfg.epochs)
     return dict(history[-1])
+
+
+def samples_per_epoch(cfg: PUClassificationConfig, split_size: int) -> int | None:
+    """Training samples per epoch: None (one pass over the ``split_size`` samples) unless
+    ``epoch_length="full"`` on a P+N fraction below 1, whose epoch then draws as many samples as the
+    P+N split at fraction 1 holds: every labelled fraction gets the same optimiser steps, so a small
+    fraction is not also a shorter training (P+U splits always hold the whole pool)."""
+    if cfg.epoch_length == "split" or cfg.setup != "pn" or cfg.labelled_fraction == 1.0:
+        return None
+    return max(split_size, len(load_pu_data(dataclasses.replace(cfg, labelled_fraction=1.0), "train")))
 
 
 def _load_splits(cfg: PUClassificationConfig) -> tuple[ClassificationData, ClassificationData, ClassificationData]:

@@ -171,8 +171,14 @@ class InMemoryLoader:
         seed: int,
         device: str | torch.device,
         crop_padding: int | None,
+        samples_per_epoch: int | None = None,
     ) -> None:
         self.dataset = dataset
+        if samples_per_epoch is not None:
+            _check_int("samples_per_epoch", samples_per_epoch, 1)
+            if not shuffle:
+                raise ValueError("samples_per_epoch needs shuffle=True: it cycles through fresh permutations")
+        self.samples_per_epoch = samples_per_epoch
         self.batch_size = _check_int("batch_size", batch_size, 1)
         self.shuffle = bool(shuffle)
         self.seed = _check_int("seed", seed, 0)
@@ -189,13 +195,20 @@ class InMemoryLoader:
         """Select epoch ``epoch``'s shuffling and augmentation for the next iteration."""
         self.epoch = _check_int("epoch", epoch, 0)
 
+    def _count(self) -> int:
+        return len(self.dataset) if self.samples_per_epoch is None else self.samples_per_epoch
+
     def __len__(self) -> int:
-        return -(-len(self.dataset) // self.batch_size)
+        return -(-self._count() // self.batch_size)
 
     def __iter__(self) -> Iterator[tuple[torch.Tensor, torch.Tensor]]:
         generator = _epoch_generator(self.seed, self.epoch)
-        count = len(self.dataset)
-        order = torch.randperm(count, generator=generator) if self.shuffle else torch.arange(count)
+        count = self._count()
+        if self.shuffle:  # one permutation, or as many as samples_per_epoch takes, cut to it
+            size = len(self.dataset)
+            order = torch.cat([torch.randperm(size, generator=generator) for _ in range(-(-count // size))])[:count]
+        else:
+            order = torch.arange(count)
         pin, non_blocking = copy_flags(self.device)
         for start in range(0, count, self.batch_size):
             index = order[start : start + self.batch_size]
@@ -221,16 +234,21 @@ def make_loader(
     seed: int,
     device: str | torch.device = "cpu",
     crop_padding: int | None = None,
+    samples_per_epoch: int | None = None,
 ) -> InMemoryLoader:
     """A loader over ``dataset`` yielding ``(inputs, labels)`` batches on ``device``.
 
     ``shuffle``: a new order each epoch. ``augment`` (images only): per-sample horizontal flip and a
     random crop of the image padded by ``crop_padding`` px (default: 1/8 of the shorter side), applied to
-    image and label map alike. Epoch e's draws come from ``(seed, e)``; call ``set_epoch(e)`` before
-    iterating. On CUDA, batches are copied from pinned memory without blocking.
+    image and label map alike. ``samples_per_epoch`` (with ``shuffle``): an epoch is that many samples,
+    drawn from as many fresh permutations of the dataset as it takes (the last one cut short), so data
+    sets of different sizes get the same number of steps; None: one pass. Epoch e's draws come from
+    ``(seed, e)``; call ``set_epoch(e)`` before iterating. On CUDA, batches are copied from pinned memory
+    without blocking.
     """
     return InMemoryLoader(
-        dataset, batch_size, shuffle=shuffle, augment=augment, seed=seed, device=device, crop_padding=crop_padding
+        dataset, batch_size, shuffle=shuffle, augment=augment, seed=seed, device=device, crop_padding=crop_padding,
+        samples_per_epoch=samples_per_epoch,
     )
 
 
