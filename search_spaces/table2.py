@@ -10,7 +10,8 @@ variant is the ablation the thesis reports in its text (precision 0.74, recall 0
 from search_spaces.base import Preset
 
 # Optimisation recipe per data kind, applied before the conditions.
-# - cifar: the thesis's recipe, Adam lr 1e-4, batch 128, on 2 x 50,000 images (about 780 steps per epoch).
+# - cifar: the thesis's Adam at lr 1e-4 (it states no batch size or length: batch 128 and 20 epochs are this
+#   project's), on 2 x 50,000 images (about 780 steps per epoch).
 # - synthetic: chosen by measurement with benchmarks/pu_sanity.py (P+N with clean labels, seed 0, 1 CPU
 #   thread per trial, 2026-11-30), never against the thesis's numbers. The thesis's recipe does not learn
 #   here: at 60 images per class (1,200 images, ~10 Adam steps of 128 per epoch) P+N sat at the majority

@@ -362,8 +362,9 @@ class PUClassificationConfig:
     negatives as label 0 (the U set). ``setup="pn"``: that fraction of the positives and of the
     negatives keeps its true label, the rest is dropped (the thesis's "P+N" baselines).
 
-    The optimisation defaults (Adam, lr 1e-4, 20 epochs, batch 128) are the thesis's CIFAR setup, which
-    the table2 and fig5 presets run as they are; fig4 (moons) sets its own.
+    The optimisation defaults (Adam, lr 1e-4, 20 epochs, batch 128) are the CIFAR recipe: Adam at lr 1e-4
+    is the thesis's; it does not state the batch size or the training length. The table2 and fig5 presets
+    run them on CIFAR; fig4 (moons) and the synthetic view set their own.
     """
 
     condition: str = spec(str, default="")
