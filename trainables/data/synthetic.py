@@ -39,6 +39,12 @@ from trainables.data.base import IGNORE_INDEX, NUM_SOURCE_CLASSES, Classificatio
 SHAPES = ("disk", "box", "tri", "star", "cross")
 TEXTURES = ("stripes", "checks", "dots", "rings")
 SPLITS = ("train", "val", "test")
+# What fills the background besides the gradient: "flat" blobs (generator v2, the default) or, in
+# addition, "textured" fragments that share the objects' textures and colour statistics (issue 15's v3
+# candidate). With flat clutter texture alone marks an object: a per-pixel logistic regression on colour,
+# local contrast and gradient finds the objects at foreground/background mean IU 0.98
+# (trainables.data.cues, tests/test_synthetic_cues.py), so a binarized pre-training learns no shape.
+CLUTTER = ("flat", "textured")
 CACHE_ENV = "NOISY_TRANSFER_CACHE"
 # Bump when the drawing code changes, so stale caches are never read as the new benchmark.
 GENERATOR_VERSION = 2
@@ -52,6 +58,7 @@ RECOMMENDED_FINETUNE_PER_CLASS = 10
 
 _SUBSAMPLES = 4  # per axis: coverage of a pixel by an object is measured on a 4x4 grid of points
 _SPLIT_IDS = {name: i for i, name in enumerate(SPLITS)}
+_FRAGMENT_STREAM = 1  # the textured fragments' random stream: SeedSequence([seed, split_id, index, 1])
 _NUM_POSITIVES = 10  # classification view: source classes 1..10 are positives, 11..20 negatives
 # The classification view's framing, like CIFAR's: 32x32 images whose object fills most of the frame
 # (radius 35-50% of the side) with at most one background blob. With the segmentation benchmark's framing
@@ -112,6 +119,7 @@ class SyntheticConfig:
     object_scale: tuple[float, float] = (0.2, 0.36)
     max_distractors: int = 3
     border_width: int = 1
+    clutter: str = "flat"
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -122,6 +130,8 @@ class SyntheticConfig:
         _check_int("max_distractors", self.max_distractors, 0, 16)
         _check_int("border_width", self.border_width, 0, 4)
         _check_int("seed", self.seed, 0, 2**63 - 1)
+        if self.clutter not in CLUTTER:
+            raise ValueError(f"clutter must be one of {CLUTTER}, got {self.clutter!r}")
         scale = self.object_scale
         if (
             not isinstance(scale, tuple)
@@ -214,6 +224,34 @@ def _add_distractors(rng: np.random.Generator, image: np.ndarray, max_count: int
         image += alpha[..., None] * (rng.uniform(0.05, 0.95, size=3) - image)
 
 
+def _add_textured_fragments(rng: np.random.Generator, image: np.ndarray, max_count: int) -> None:
+    """Paint 1..``max_count`` textured fragments (background, never labelled) into ``image`` in place.
+
+    Each is an irregular outline (strong 2nd-4th harmonics, so no class's shape) as large as an object,
+    filled with one of the classes' textures in one class's colour statistics and edged as sharply as an
+    object: colour, contrast and edges no longer tell an object from the background, its shape does.
+    """
+    if max_count == 0:
+        return
+    size = image.shape[0]
+    centre = np.arange(size) + 0.5
+    for _ in range(int(rng.integers(1, max_count + 1))):
+        cx, cy = rng.uniform(0.0, size, size=2)
+        radius = rng.uniform(0.15, 0.32) * size
+        harmonics = rng.uniform(0.15, 0.35, size=3)
+        phases = rng.uniform(0.0, 2.0 * np.pi, size=3)
+        angle = rng.uniform(0.0, 2.0 * np.pi)
+        dx, dy = centre[None, :] - cx, centre[:, None] - cy
+        theta = np.arctan2(dy, dx)
+        contour = radius * (1.0 + sum(h * np.cos((k + 2) * theta + p)
+                                      for k, (h, p) in enumerate(zip(harmonics, phases))))
+        alpha = np.clip(contour - np.hypot(dx, dy) + 0.5, 0.0, 1.0)  # a 1 px ramp, an object's edge
+        cos, sin = np.cos(angle), np.sin(angle)
+        pattern = _texture(rng, int(rng.integers(len(TEXTURES))), cos * dx + sin * dy, cos * dy - sin * dx)
+        bright, dark = _object_colours(rng, int(rng.integers(NUM_SOURCE_CLASSES)))
+        image += alpha[..., None] * (dark + (bright - dark) * pattern[..., None] - image)
+
+
 def _inside(shape: int, u: np.ndarray, v: np.ndarray) -> np.ndarray:
     """Whether object-frame points ``(u, v)`` (radius 1) lie inside shape family ``shape``."""
     name = SHAPES[shape]
@@ -295,6 +333,10 @@ def _draw_image(
     size = config.image_size
     image = _background(rng, size)
     _add_distractors(rng, image, config.max_distractors)
+    if config.clutter == "textured":
+        # Their own stream: the objects, labels and noise of an image are the same with either clutter.
+        fragments = np.random.default_rng(np.random.SeedSequence([config.seed, split_id, index, _FRAGMENT_STREAM]))
+        _add_textured_fragments(fragments, image, config.max_distractors)
 
     centres = np.arange(size) + 0.5
     offsets = (np.arange(_SUBSAMPLES) + 0.5) / _SUBSAMPLES - 0.5
