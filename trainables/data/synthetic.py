@@ -3,8 +3,8 @@ on a laptop with nothing to download.
 
 It stands in for the thesis's single-object VOC2011+SBD set (section 5.1): 20 object classes, each drawn
 as one object per image (more as an option) at a random position, scale and rotation on a cluttered
-background (colour gradients, smooth noise, flat blobs that are background), with a 255 ignore band on
-object borders like VOC's.
+background (colour gradients, smooth noise, flat blobs that are background; with ``clutter="textured"``
+also textured fragments), with a 255 ignore band on object borders like VOC's.
 
 Why pre-training transfers here, as it does on VOC: every class is one of 5 shape families x 4 texture
 families, arranged as a Latin square (``_class_shape``/``_class_texture``), with its own colour
