@@ -10,6 +10,7 @@ from __future__ import annotations
 from collections.abc import Sequence
 from pathlib import Path
 
+import matplotlib
 import numpy as np
 import pandas as pd
 from matplotlib.figure import Figure
@@ -27,6 +28,9 @@ from analysis.tables import (
 from trainables.labels import label_rgb
 
 DPI = 100
+LEGEND_INSIDE_MAX = 10  # conditions a learning-curve legend may hold inside its panel; more go beside it
+LEGEND_ROWS = 25  # entries per legend column beside the panels
+LEGEND_WIDTH = 2.8  # inches per legend column beside the panels
 POSITIVE_COLOUR, NEGATIVE_COLOUR = "tab:red", "tab:blue"
 FIGURE2_LOSSES = ("ce", "weighted_neg", "sigmoidal_neg")
 FIGURE2_LABELS = {"ce": "logistic (negative)", "weighted_neg": "weighted negative (q={q})",
@@ -342,23 +346,42 @@ def learning_curves(study: Study, path: str | Path | None = None, metrics: Seque
     drawn against ``epoch_total``."""
     metrics = list(metrics or CURVE_METRICS.get(study.trainable, ()))
     metrics = [m for m in metrics if m in study.history.columns] or metrics[:1]
-    fig = Figure(figsize=(panel_size[0] * max(len(metrics), 1), panel_size[1]))
+    xs = {m: "epoch" if len(_phases_reporting(study, m)) == 1 else "epoch_total" for m in metrics}
+    frames = {m: learning_curves_frame(study, m, x=xs[m]) for m in metrics}
+    # Many conditions (fig5's 23): 20 distinct colours, then dashed; the legend beside the last panel,
+    # where it hides no curve.
+    count = max((frame["condition"].nunique() for frame in frames.values()), default=0)
+    beside = count > LEGEND_INSIDE_MAX
+    width = panel_size[0] * max(len(metrics), 1) + (LEGEND_WIDTH * (1 + (count - 1) // LEGEND_ROWS) if beside else 0)
+    fig = Figure(figsize=(width, panel_size[1] if not beside else max(panel_size[1], 0.16 * min(count, LEGEND_ROWS))))
     axes = np.atleast_1d(fig.subplots(1, max(len(metrics), 1)))
     for ax, metric in zip(axes, metrics):
-        phases = _phases_reporting(study, metric)
-        x = "epoch" if len(phases) == 1 else "epoch_total"
-        frame = learning_curves_frame(study, metric, x=x)
+        x, frame = xs[metric], frames[metric]
         for i, (condition, curve) in enumerate(frame.groupby("condition", sort=False)):
+            colour, style = _curve_style(i, count)
             # Phases are drawn apart so no line joins the last pre-training and first fine-tuning epoch.
             for j, (_, part) in enumerate(curve.groupby("phase", sort=False)):
-                ax.plot(part[x], part["mean"], color=f"C{i % 10}", label=None if j else condition)
+                ax.plot(part[x], part["mean"], color=colour, linestyle=style, label=None if j else condition)
                 band = part["std"].fillna(0.0)
-                ax.fill_between(part[x], part["mean"] - band, part["mean"] + band, color=f"C{i % 10}", alpha=0.2)
+                ax.fill_between(part[x], part["mean"] - band, part["mean"] + band, color=colour, alpha=0.2)
+        phases = _phases_reporting(study, metric)
         xlabel = f"{phases[0]} epoch" if x == "epoch" else "epoch (pre-training + fine-tuning)"
         ax.set(xlabel=xlabel, ylabel=metric, title=metric)
-        _legend(ax, fontsize="x-small")
+        if not beside:
+            _legend(ax, fontsize="x-small")
+    if beside:
+        _legend(axes[-1], fontsize="x-small", loc="upper left", bbox_to_anchor=(1.02, 1.0),
+                ncol=1 + (count - 1) // LEGEND_ROWS)
     fig.tight_layout()
     return _save(fig, path)
+
+
+def _curve_style(index: int, count: int) -> tuple[str, str]:
+    """(colour, line style) of the ``index``-th of ``count`` curves: matplotlib's 10 default colours up to
+    10 curves; beyond, tab20's 20, then the same 20 dashed, so no two curves look alike up to 40."""
+    if count <= 10:
+        return f"C{index}", "-"
+    return matplotlib.colormaps["tab20"](index % 20), ("-", "--")[index // 20 % 2]
 
 
 def _phases_reporting(study: Study, metric: str) -> list[str]:

@@ -164,3 +164,18 @@ def test_figure6_refuses_other_images_and_a_study_without_samples(tmp_path):
         plots.figure6(load_study(folder))
     with pytest.raises(ValueError, match="max_images must be an integer >= 1, got 0"):
         plots.figure6(load_study(folder), max_images=0)
+
+
+def test_learning_curves_of_many_conditions_look_apart_and_keep_the_legend_off_the_curves(tmp_path):
+    """Figure 5's 23 conditions: no two curves share a colour and line style (matplotlib's 10 default colours
+    would repeat), and the legend sits beside the panel, which grows by its width."""
+    variants = [("pu", fraction, loss) for fraction in (0.1, 0.25, 0.5, 0.75, 1.0)
+                for loss in ("ce", "weighted_neg", "sigmoidal_neg")]
+    study = load_study(write_study(tmp_path / "many", *pu_frames(variants, seeds=(0,), preset="fig5")))
+    fig = plots.learning_curves(study, tmp_path / "curves.png")
+    styles = [(line.get_color(), line.get_linestyle()) for line in fig.axes[0].lines]
+    assert len(styles) == 15 and len(set(styles)) == 15
+    legend = fig.axes[0].get_legend()
+    assert [text.get_text() for text in legend.get_texts()] == [line.get_label() for line in fig.axes[0].lines]
+    assert legend.get_bbox_to_anchor().transformed(fig.axes[0].transAxes.inverted()).x0 > 1.0
+    assert png_size(tmp_path / "curves.png")[0] == 500 + 280
