@@ -199,6 +199,25 @@ def _background(rng: np.random.Generator, size: int) -> np.ndarray:
     return image + rng.uniform(0.05, 0.15) * _smooth_noise(rng, size, int(rng.integers(2, 6)))
 
 
+def _blob(rng: np.random.Generator, size: int, radius: tuple[float, float], strength: tuple[float, float],
+          harmonics: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """An irregular outline at a random centre: a circle of radius drawn from ``radius`` (fractions of
+    ``size``) bent by the 2nd, 3rd, ... harmonics (``harmonics`` of them, amplitudes drawn from
+    ``strength``). Returns ``(dx, dy, depth)``, ``(S, S)`` arrays in px: each pixel centre's offset from
+    the blob's centre and how far inside the outline it lies (negative outside)."""
+    centre = np.arange(size) + 0.5
+    cx, cy = rng.uniform(0.0, size, size=2)
+    scale = rng.uniform(*radius) * size
+    amplitudes = rng.uniform(*strength, size=harmonics)
+    phases = rng.uniform(0.0, 2.0 * np.pi, size=harmonics)
+    dx, dy = centre[None, :] - cx, centre[:, None] - cy
+    theta = np.arctan2(dy, dx)
+    bend = 1.0  # summed left to right, as generator v2 did: its images stay the same to the bit
+    for order, (amplitude, phase) in enumerate(zip(amplitudes, phases), start=2):
+        bend = bend + amplitude * np.cos(order * theta + phase)
+    return dx, dy, scale * bend - np.hypot(dx, dy)
+
+
 def _add_distractors(rng: np.random.Generator, image: np.ndarray, max_count: int) -> None:
     """Paint flat-coloured irregular blobs (background, never labelled) into ``image`` in place.
 
@@ -207,20 +226,10 @@ def _add_distractors(rng: np.random.Generator, image: np.ndarray, max_count: int
     """
     if max_count == 0:
         return
-    size = image.shape[0]
-    centre = np.arange(size) + 0.5
     for _ in range(int(rng.integers(1, max_count + 1))):
-        cx, cy = rng.uniform(0.0, size, size=2)
-        radius = rng.uniform(0.08, 0.25) * size
-        harmonics = rng.uniform(0.0, 0.25, size=2)
-        phases = rng.uniform(0.0, 2.0 * np.pi, size=2)
-        dx, dy = centre[None, :] - cx, centre[:, None] - cy
-        theta = np.arctan2(dy, dx)
-        contour = radius * (
-            1.0 + harmonics[0] * np.cos(2 * theta + phases[0]) + harmonics[1] * np.cos(3 * theta + phases[1])
-        )
+        _, _, depth = _blob(rng, image.shape[0], (0.08, 0.25), (0.0, 0.25), harmonics=2)
         softness = rng.uniform(0.3, 3.0)  # px
-        alpha = np.clip((contour - np.hypot(dx, dy)) / softness + 0.5, 0.0, 1.0) * rng.uniform(0.6, 1.0)
+        alpha = np.clip(depth / softness + 0.5, 0.0, 1.0) * rng.uniform(0.6, 1.0)
         image += alpha[..., None] * (rng.uniform(0.05, 0.95, size=3) - image)
 
 
@@ -233,19 +242,10 @@ def _add_textured_fragments(rng: np.random.Generator, image: np.ndarray, max_cou
     """
     if max_count == 0:
         return
-    size = image.shape[0]
-    centre = np.arange(size) + 0.5
     for _ in range(int(rng.integers(1, max_count + 1))):
-        cx, cy = rng.uniform(0.0, size, size=2)
-        radius = rng.uniform(0.15, 0.32) * size
-        harmonics = rng.uniform(0.15, 0.35, size=3)
-        phases = rng.uniform(0.0, 2.0 * np.pi, size=3)
+        dx, dy, depth = _blob(rng, image.shape[0], (0.15, 0.32), (0.15, 0.35), harmonics=3)
         angle = rng.uniform(0.0, 2.0 * np.pi)
-        dx, dy = centre[None, :] - cx, centre[:, None] - cy
-        theta = np.arctan2(dy, dx)
-        contour = radius * (1.0 + sum(h * np.cos((k + 2) * theta + p)
-                                      for k, (h, p) in enumerate(zip(harmonics, phases))))
-        alpha = np.clip(contour - np.hypot(dx, dy) + 0.5, 0.0, 1.0)  # a 1 px ramp, an object's edge
+        alpha = np.clip(depth + 0.5, 0.0, 1.0)  # a 1 px ramp, an object's edge
         cos, sin = np.cos(angle), np.sin(angle)
         pattern = _texture(rng, int(rng.integers(len(TEXTURES))), cos * dx + sin * dy, cos * dy - sin * dx)
         bright, dark = _object_colours(rng, int(rng.integers(NUM_SOURCE_CLASSES)))
