@@ -7,7 +7,8 @@ optimiser). Prints both fine-tuning test mean IUs, the wall time, and last their
 (pretrained / random), which should be clearly above 1::
 
     python benchmarks/transfer_sanity.py [--fold 1] [--epochs-pretrain N] [--epochs-finetune N] [--seed 0]
-        [--label-transform {none,binarize}] [--clutter {flat,textured}]
+        [--label-transform {none,binarize}] [--clutter {flat,textured}] [--image-size PX]
+        [--images-per-class N]
 
 ``--label-transform binarize`` pre-trains on foreground/background instead of the 15 classes and prints
 that task's own test mean IU (issue 15: between 0.60 and 0.90 when objectness needs shape, as on VOC;
@@ -36,6 +37,7 @@ from trainables.data.synthetic import (
     SYNTHETIC_CLASSES,
     SyntheticConfig,
     load_synthetic_segmentation,
+    study_split_config,
 )
 from trainables.engine import evaluate_segmentation, train_one_epoch
 from trainables.labels import binarize
@@ -51,18 +53,29 @@ def _generator(seed: int, stream: str) -> torch.Generator:
     return torch.Generator().manual_seed(int(state))
 
 
-def train(model: SplitModel, dataset: SegmentationDataset, epochs: int, seed: int) -> None:
-    """Train ``model`` for ``epochs`` with the recommended optimiser, cosine-annealed, clean CE."""
+def train(model: SplitModel, dataset: SegmentationDataset, epochs: int, seed: int,
+          val: SegmentationDataset | None = None, label: str = "") -> list[float]:
+    """Train ``model`` for ``epochs`` with the recommended optimiser, cosine-annealed, clean CE.
+
+    With ``val``, scores it after every epoch and prints the curve (is the recipe long enough?);
+    returns the validation mean IUs, one per epoch ([] without ``val``).
+    """
     loader = make_loader(dataset, RECOMMENDED_OPTIM["batch_size"], shuffle=True, augment=True, seed=seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=RECOMMENDED_OPTIM["lr"], weight_decay=RECOMMENDED_OPTIM["weight_decay"]
     )
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
     loss_fn = make_loss("ce")
+    curve: list[float] = []
     for epoch in range(epochs):
         loader.set_epoch(epoch)
         train_one_epoch(model, loader, loss_fn, optimizer, device="cpu")
         schedule.step()
+        if val is not None:
+            curve.append(test_mean_iu(model, val))
+    if curve:
+        print(f"{label} validation mean IU by epoch: " + " ".join(f"{v:.3f}" for v in curve))
+    return curve
 
 
 def test_mean_iu(model: SplitModel, dataset: SegmentationDataset) -> float:
@@ -80,14 +93,18 @@ def main() -> None:
                         help="the pre-training task: the fold's 15 classes, or foreground/background")
     parser.add_argument("--clutter", default=SyntheticConfig.clutter, choices=CLUTTER,
                         help="background clutter of the synthetic generator")
+    parser.add_argument("--image-size", type=int, default=SyntheticConfig.image_size, help="image side in px")
+    parser.add_argument("--images-per-class", type=int, default=SyntheticConfig.images_per_class,
+                        help="training images per class (pre-training uses all of its 15 classes')")
     parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: $NOISY_TRANSFER_CACHE)")
     args = parser.parse_args()
     torch.set_num_threads(2)
     start = time.perf_counter()
 
-    config = SyntheticConfig(clutter=args.clutter)
+    config = study_split_config(args.image_size, args.images_per_class, args.clutter)
     train_split = load_synthetic_segmentation("train", config, args.cache_dir)
     test_split = load_synthetic_segmentation("test", config, args.cache_dir)
+    val_split = load_synthetic_segmentation("val", config, args.cache_dir)
     # every 6th image: the cue is a property of the generator, and 200 + 100 images measure it to ~0.01
     cue = cue_mean_iu(train_split.images[::6], train_split.labels[::6], test_split.images[::6],
                       test_split.labels[::6])
@@ -107,19 +124,22 @@ def main() -> None:
     )
 
     donor = small_fcn(pretrain_set.num_classes, generator=_generator(args.seed, "pretrain"))
-    train(donor, pretrain_set, args.epochs_pretrain, args.seed)
+    pretrain_val = SegmentationDataset(task_view(val_split, args.fold, "pretrain", NAMES),
+                                       label_transform=transform, num_classes=classes)
+    train(donor, pretrain_set, args.epochs_pretrain, args.seed, pretrain_val, "pre-training")
     pretrain_test = SegmentationDataset(task_view(test_split, args.fold, "pretrain", NAMES),
                                         label_transform=transform, num_classes=classes)
     task = "foreground/background" if transform else "15 classes + background"
     print(f"pre-training test mean IU ({task}) {test_mean_iu(donor, pretrain_test):.4f}")
 
+    finetune_val = SegmentationDataset(task_view(val_split, args.fold, "finetune", NAMES))
     scores = {}
     for init in ("pretrained", "random"):
         model = small_fcn(finetune_set.num_classes, generator=_generator(args.seed, "random-init"))
         if init == "pretrained":
             transfer_features(donor, model)
         reset_head(model, _generator(args.seed, "head"))
-        train(model, finetune_set, args.epochs_finetune, args.seed + 1)
+        train(model, finetune_set, args.epochs_finetune, args.seed + 1, finetune_val, f"{init} fine-tuning")
         scores[init] = test_mean_iu(model, test_set)
         print(f"{init:>10} init: fine-tuning test mean IU {scores[init]:.4f}")
     print(f"wall time {time.perf_counter() - start:.1f} s")

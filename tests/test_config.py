@@ -74,6 +74,7 @@ FIELD_ERRORS = [
     ("images_per_class", -1, "an int >= 0"),
     ("finetune_train_per_class", -2, "an int >= 0"),
     ("finetune_val_per_class", 0, "an int >= 1"),
+    ("clutter", "busy", "one of 'flat', 'textured'"),
     ("transfer_probe", 1, "a bool"),
     ("pretrain_cache", 0, "a str"),
     ("data_cache", 0, "a str"),
@@ -143,6 +144,8 @@ def test_unknown_key_without_a_close_match_lists_the_valid_keys():
          r"model='fcn_alexnet' needs image_size >= 27 .*got 26; use model='small_fcn'"),
         ({"data": "cifar:/x"}, r"data must be 'synthetic' or 'voc:PATH' for segmentation, got 'cifar:/x'"),
         ({"data": "moons"}, r"for segmentation, got 'moons'"),
+        ({"data": "voc:/x", "clutter": "textured"},
+         r"clutter='textured' draws the synthetic benchmark's background; data='voc:/x' is read from disk"),
         ({"data": "voc"}, r"data 'voc' needs a local root: write 'voc:/path/to/voc'"),
         ({"data": "synthetic:/x"}, r"'synthetic' takes no path"),
         ({"data": "imagenet:/x"}, r"data must be 'synthetic', 'moons', 'voc:PATH' or 'cifar:PATH', got 'imagenet:/x'"),
@@ -276,6 +279,7 @@ IN_KEY = {
     "batch_size": ({}, 8),
     "image_size": ({}, 32),
     "images_per_class": ({}, 40),
+    "clutter": ({}, "textured"),
     "init_scheme": ({}, "xavier"),
     "transfer_probe": ({}, True),  # the cached history holds the probe's reports
 }

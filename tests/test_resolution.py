@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 
+import numpy as np
 import pytest
 from conftest import TINY
 
@@ -14,7 +15,8 @@ from search_spaces.base import SEGMENTATION_SMOKE, TRAINABLE_CONFIGS, smoke_conf
 from search_spaces.table2 import RECIPES
 from trainables.config import PretrainFinetuneConfig as PF
 from trainables.config import PUClassificationConfig as PU
-from trainables.data.synthetic import SyntheticConfig, study_split_config
+from trainables.data.sources import load_source
+from trainables.data.synthetic import SyntheticConfig, load_synthetic_segmentation, study_split_config
 
 SIZES = ("image_size", "images_per_class", "finetune_train_per_class")
 DATA = {"synthetic": "synthetic", "voc": "voc:/data/voc", "cifar": "cifar:/data/cifar", "moons": "moons"}
@@ -42,6 +44,20 @@ def test_a_resolved_config_draws_the_benchmark_a_zero_drew():
     assert study_split_config(32, 3) == SyntheticConfig(image_size=32, images_per_class=3, val_per_class=3,
                                                         test_per_class=3)
     assert study_split_config(32, 20) == SyntheticConfig(image_size=32, images_per_class=20, test_per_class=20)
+    assert study_split_config(32, 20, "textured") == SyntheticConfig(image_size=32, images_per_class=20,
+                                                                     test_per_class=20, clutter="textured")
+
+
+def test_a_trials_clutter_reaches_the_data_it_loads(tmp_path):
+    # The fragments are drawn from their own stream: same labels, other background pixels.
+    sizes = {"image_size": 32, "images_per_class": 4, "finetune_train_per_class": 2, "finetune_val_per_class": 1,
+             "data_cache": str(tmp_path)}
+    flat, _ = load_source(PF(**sizes), "val")
+    textured, _ = load_source(PF(**sizes, clutter="textured"), "val")
+    assert np.array_equal(flat.labels, textured.labels)
+    assert not np.array_equal(flat.images, textured.images)
+    direct = load_synthetic_segmentation("val", study_split_config(32, 4, "textured"), str(tmp_path))
+    assert np.array_equal(textured.images, direct.images)
 
 
 def test_the_dataclass_defaults_are_what_the_synthetic_presets_run():

@@ -32,6 +32,7 @@ from dataclasses import dataclass, field
 from typing import Any, Mapping
 
 from trainables.data.synthetic import (
+    CLUTTER,
     RECOMMENDED_EPOCHS,
     RECOMMENDED_OPTIM,
     STUDY_SIZES,
@@ -239,6 +240,9 @@ class PretrainFinetuneConfig:
                            doc="synthetic image side in px (0: the benchmark's 64)")
     images_per_class: int = spec(int, lo=0, default=0, pretrain=True,
                                  doc="synthetic training images per class (0: the benchmark's 60)")
+    clutter: str = spec(str, choices=CLUTTER, default="flat", pretrain=True,
+                        doc="synthetic background clutter: flat (generator v2) | textured (fragments "
+                            "with the objects' textures and colours, so no low-level cue marks objects)")
     finetune_train_per_class: int = spec(int, lo=0, default=0,
                                          doc="cap on fine-tuning training images per class (synthetic 0: "
                                              "the recommended 10; VOC 0: no cap)")
@@ -264,6 +268,9 @@ class PretrainFinetuneConfig:
         _fill_synthetic_sizes(self, STUDY_SIZES["segmentation"])
         if kind == "synthetic":
             self._check_synthetic_sizes()
+        elif self.clutter != "flat":
+            raise ValueError(f"{cls}: clutter={self.clutter!r} draws the synthetic benchmark's background; "
+                             f"data={self.data!r} is read from disk: leave clutter at 'flat'")
         _check_loss(cls, self.loss, {"q": self.q, "beta": self.beta, "gamma": self.gamma, "prior": self.prior})
         if self.label_transform == "random_groups" and not 1 <= self.num_groups <= 15:
             raise ValueError(

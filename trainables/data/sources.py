@@ -50,7 +50,7 @@ def load_source(cfg: PretrainFinetuneConfig, split: str) -> tuple[SegmentationDa
     if kind == "synthetic":
         from trainables.data.synthetic import SYNTHETIC_CLASSES, load_synthetic_segmentation, study_split_config
 
-        synthetic = study_split_config(cfg.image_size, cfg.images_per_class)
+        synthetic = study_split_config(cfg.image_size, cfg.images_per_class, cfg.clutter)
         return load_synthetic_segmentation(split, synthetic, cache_dir), ("background",) + SYNTHETIC_CLASSES
     from trainables.data.voc import load_voc_segmentation
 

@@ -160,10 +160,10 @@ STUDY_SIZES = {
 }
 
 
-def study_split_config(image_size: int, images_per_class: int) -> SyntheticConfig:
-    """The benchmark a trial config with these sizes draws: validation and test splits keep their default
-    sizes but never exceed the training split's (small, smoke-size configs stay small throughout)."""
-    return SyntheticConfig(image_size=image_size, images_per_class=images_per_class,
+def study_split_config(image_size: int, images_per_class: int, clutter: str = "flat") -> SyntheticConfig:
+    """The benchmark a trial config with these sizes and clutter draws: validation and test splits keep
+    their default sizes but never exceed the training split's (smoke-size configs stay small throughout)."""
+    return SyntheticConfig(image_size=image_size, images_per_class=images_per_class, clutter=clutter,
                            val_per_class=min(SyntheticConfig.val_per_class, images_per_class),
                            test_per_class=min(SyntheticConfig.test_per_class, images_per_class))
 
