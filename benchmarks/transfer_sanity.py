@@ -8,7 +8,7 @@ optimiser). Prints both fine-tuning test mean IUs, the wall time, and last their
 
     python benchmarks/transfer_sanity.py [--fold 1] [--epochs-pretrain N] [--epochs-finetune N] [--seed 0]
         [--label-transform {none,binarize}] [--clutter {flat,textured}] [--image-size PX]
-        [--images-per-class N]
+        [--images-per-class N] [--width W] [--batch-size B] [--threads T]
 
 ``--label-transform binarize`` pre-trains on foreground/background instead of the 15 classes and prints
 that task's own test mean IU (issue 15: between 0.60 and 0.90 when objectness needs shape, as on VOC;
@@ -54,13 +54,14 @@ def _generator(seed: int, stream: str) -> torch.Generator:
 
 
 def train(model: SplitModel, dataset: SegmentationDataset, epochs: int, seed: int,
-          val: SegmentationDataset | None = None, label: str = "") -> list[float]:
+          val: SegmentationDataset | None = None, label: str = "",
+          batch_size: int = RECOMMENDED_OPTIM["batch_size"]) -> list[float]:
     """Train ``model`` for ``epochs`` with the recommended optimiser, cosine-annealed, clean CE.
 
     With ``val``, scores it after every epoch and prints the curve (is the recipe long enough?);
     returns the validation mean IUs, one per epoch ([] without ``val``).
     """
-    loader = make_loader(dataset, RECOMMENDED_OPTIM["batch_size"], shuffle=True, augment=True, seed=seed)
+    loader = make_loader(dataset, batch_size, shuffle=True, augment=True, seed=seed)
     optimizer = torch.optim.AdamW(
         model.parameters(), lr=RECOMMENDED_OPTIM["lr"], weight_decay=RECOMMENDED_OPTIM["weight_decay"]
     )
@@ -96,9 +97,12 @@ def main() -> None:
     parser.add_argument("--image-size", type=int, default=SyntheticConfig.image_size, help="image side in px")
     parser.add_argument("--images-per-class", type=int, default=SyntheticConfig.images_per_class,
                         help="training images per class (pre-training uses all of its 15 classes')")
+    parser.add_argument("--width", type=int, default=32, help="small_fcn channel width")
+    parser.add_argument("--batch-size", type=int, default=RECOMMENDED_OPTIM["batch_size"])
+    parser.add_argument("--threads", type=int, default=2, help="torch threads (a study trial runs 1)")
     parser.add_argument("--cache-dir", default=None, help="synthetic data cache (default: $NOISY_TRANSFER_CACHE)")
     args = parser.parse_args()
-    torch.set_num_threads(2)
+    torch.set_num_threads(args.threads)
     start = time.perf_counter()
 
     config = study_split_config(args.image_size, args.images_per_class, args.clutter)
@@ -123,10 +127,12 @@ def main() -> None:
         f"{len(finetune_set)} images x {args.epochs_finetune} epochs, test {len(test_set)} images; {config}"
     )
 
-    donor = small_fcn(pretrain_set.num_classes, generator=_generator(args.seed, "pretrain"))
+    donor = small_fcn(pretrain_set.num_classes, args.width, generator=_generator(args.seed, "pretrain"))
     pretrain_val = SegmentationDataset(task_view(val_split, args.fold, "pretrain", NAMES),
                                        label_transform=transform, num_classes=classes)
-    train(donor, pretrain_set, args.epochs_pretrain, args.seed, pretrain_val, "pre-training")
+    pretrain_start = time.perf_counter()
+    train(donor, pretrain_set, args.epochs_pretrain, args.seed, pretrain_val, "pre-training", args.batch_size)
+    print(f"pre-training {time.perf_counter() - pretrain_start:.1f} s ({args.threads} thread(s), validation included)")
     pretrain_test = SegmentationDataset(task_view(test_split, args.fold, "pretrain", NAMES),
                                         label_transform=transform, num_classes=classes)
     task = "foreground/background" if transform else "15 classes + background"
@@ -135,11 +141,12 @@ def main() -> None:
     finetune_val = SegmentationDataset(task_view(val_split, args.fold, "finetune", NAMES))
     scores = {}
     for init in ("pretrained", "random"):
-        model = small_fcn(finetune_set.num_classes, generator=_generator(args.seed, "random-init"))
+        model = small_fcn(finetune_set.num_classes, args.width, generator=_generator(args.seed, "random-init"))
         if init == "pretrained":
             transfer_features(donor, model)
         reset_head(model, _generator(args.seed, "head"))
-        train(model, finetune_set, args.epochs_finetune, args.seed + 1, finetune_val, f"{init} fine-tuning")
+        train(model, finetune_set, args.epochs_finetune, args.seed + 1, finetune_val, f"{init} fine-tuning",
+              args.batch_size)
         scores[init] = test_mean_iu(model, test_set)
         print(f"{init:>10} init: fine-tuning test mean IU {scores[init]:.4f}")
     print(f"wall time {time.perf_counter() - start:.1f} s")
