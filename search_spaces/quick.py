@@ -21,7 +21,7 @@ PRESET = Preset(
     trainable="pretrain_finetune",
     conditions={name: CONDITIONS[name] for name in NAMES},
     # VOC keeps the short phases the preset always ran there (a look at the pipeline, not a result).
-    recipes={"synthetic": {"clutter": "textured", "image_size": 32, "epochs_pretrain": 15, "epochs_finetune": 24},
+    recipes={"synthetic": {"clutter": "textured", "image_size": 32, "epochs_pretrain": 20, "epochs_finetune": 24},
              "voc": {"epochs_pretrain": 6, "epochs_finetune": 8}},
     folds=(1,),
     seeds=3,
