@@ -99,3 +99,15 @@ def test_the_fixtures_tiny_config_is_the_presets_smoke_size():
         if preset.trainable == "pretrain_finetune":
             for config in preset.trial_configs("synthetic", smoke=True):
                 assert {key: config[key] for key in SEGMENTATION_SMOKE} == SEGMENTATION_SMOKE, name
+
+
+def test_the_default_study_runs_on_textured_clutter_and_its_voc_run_on_the_disk_images():
+    # The quick preset's textured clutter is a synthetic recipe: on VOC the config would refuse it.
+    synthetic = PRESETS["quick"].trial_configs("synthetic")
+    voc = PRESETS["quick"].trial_configs("voc:/data/voc")
+    assert {(c["clutter"], c["image_size"], c["epochs_pretrain"], c["epochs_finetune"]) for c in synthetic} == {
+        ("textured", 32, 20, 24)}
+    assert len(synthetic) == 18 and {c["seed"] for c in synthetic} == {0, 1, 2}
+    assert {c["clutter"] for c in voc} == {"flat"}
+    assert {c["clutter"] for c in PRESETS["quick"].trial_configs("synthetic", smoke=True)} == {"textured"}
+    assert {c["clutter"] for c in PRESETS["table1"].trial_configs("synthetic")} == {"flat"}

@@ -39,11 +39,13 @@ from trainables.data.base import IGNORE_INDEX, NUM_SOURCE_CLASSES, Classificatio
 SHAPES = ("disk", "box", "tri", "star", "cross")
 TEXTURES = ("stripes", "checks", "dots", "rings")
 SPLITS = ("train", "val", "test")
-# What fills the background besides the gradient: "flat" blobs (generator v2, the default) or, in
-# addition, "textured" fragments that share the objects' textures and colour statistics (issue 15's v3
-# candidate). With flat clutter texture alone marks an object: a per-pixel logistic regression on colour,
-# local contrast and gradient finds the objects at foreground/background mean IU 0.98
-# (trainables.data.cues, tests/test_synthetic_cues.py), so a binarized pre-training learns no shape.
+# What fills the background besides the gradient: "flat" blobs (generator v2, this dataclass's default)
+# or, in addition, "textured" fragments that share the objects' textures and colour statistics (what
+# the default study, search_spaces/quick.py, runs on). With flat clutter texture alone marks an object:
+# a per-pixel logistic regression on colour, local contrast and gradient finds the objects at
+# foreground/background mean IU 0.98 (0.56 with the fragments; trainables.data.cues,
+# tests/test_synthetic_cues.py), so a binarized pre-training on flat clutter learns no shape. The other
+# segmentation presets keep "flat" until they are re-measured on the fragments (README).
 CLUTTER = ("flat", "textured")
 CACHE_ENV = "NOISY_TRANSFER_CACHE"
 # Bump when the drawing code changes, so stale caches are never read as the new benchmark.
