@@ -185,8 +185,8 @@ def _too_few_lines(lines: list[str]) -> int:
 @pytest.mark.slow
 def test_the_smoke_study_console_is_at_most_40_lines_and_grows_by_2_lines_per_trial(tmp_path):
     # lines = fixed + 2 per trial + one per table cell with too few runs (2 seeds: "none"). Each trial
-    # has exactly its start and done lines: no other line names a trial. The default study (12 trials,
-    # 6 conditions, 2 seeds) adds 4 table rows to the fixed part; README's console section gives its count.
+    # has exactly its start and done lines: no other line names a trial. The default study (18 trials,
+    # 6 conditions, 3 seeds) adds 4 table rows to the fixed part; README's console section gives its count.
     lines = _smoke_console(tmp_path / "four", "--seeds", "2")
     trial_ids = {line.split()[2].rstrip(":") for line in lines if line.startswith("[noisy-transfer] start ")}
     print(f"quick --smoke --seeds 2 console: {len(lines)} lines for {len(trial_ids)} trials, fixed lines "
