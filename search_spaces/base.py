@@ -139,8 +139,9 @@ class Preset:
         seeds = seeds or (1 if smoke else self.seeds)
         base = {**self.defaults(data, smoke), **(overrides or {})}
         names = self.condition_names(smoke, imagenet_weights) if self.conditions else [""]
-        return [self._resolve(base, name, fold, seed, smoke, imagenet_weights)
-                for name in names for fold in folds for seed in range(seeds)]
+        configs = [self._resolve(base, name, fold, seed, smoke, imagenet_weights)
+                   for name in names for fold in folds for seed in range(seeds)]
+        return sorted(configs, key=pretrain_epochs, reverse=True)  # stable: the preset's order otherwise
 
     def _resolve(self, base: Mapping[str, Any], name: str, fold: int | None, seed: int, smoke: bool,
                  imagenet_weights: str) -> dict[str, Any]:
@@ -158,6 +159,17 @@ class Preset:
     def search_samples(self, smoke: bool, requested: int | None = None) -> int:
         """Trials a search preset's searcher draws: ``--num-samples``, else the smoke or full count."""
         return requested or (SMOKE_SAMPLES if smoke else self.num_samples)
+
+
+def pretrain_epochs(config: Mapping[str, Any]) -> int:
+    """The pre-training epochs a trial config trains (0 without pre-training): the order key of a grid.
+
+    Ray starts a grid's trials in list order, so the trials that pre-train (by far the costliest) go
+    first and the cheap ones (random or ImageNet weights, fine-tuning only) last: longest first, the
+    LPT rule. Then the last wave is not one lone pre-training trial with the other slots idle; the cheap
+    trials fill them (the default study: 15 pre-training trials, 3 without, on 2 slots).
+    """
+    return int(config.get("epochs_pretrain", 0)) if config.get("init") == "pretrain" else 0
 
 
 def smoke_config(trainable: str, data: str = "synthetic") -> dict[str, Any]:

@@ -93,9 +93,25 @@ def test_autocast_is_bfloat16_on_cuda_and_off_on_cpu():
     assert runtime.autocast_dtype("cuda:0") is torch.bfloat16 and runtime.autocast_dtype("cpu") is None
 
 
-def test_channels_last_only_on_cuda():
+def test_channels_last_on_every_device():
     assert runtime.model_memory_format(CUDA) is torch.channels_last
-    assert runtime.model_memory_format(CPU) is torch.contiguous_format
+    assert runtime.model_memory_format(CPU) is torch.channels_last
+
+
+def test_augmented_batches_are_nhwc_so_training_and_evaluation_run_in_one_layout():
+    """Why the CPU path is channels_last too: the augmentation's gather leaves its batches NHWC in
+    memory, a convolution follows its input's layout, and with NCHW weights the unaugmented evaluation
+    batches ran in the other layout. With place_model's weights, both kinds of batch give NHWC features."""
+    dataset = _tiny_segmentation()
+    train_batch = next(iter(make_loader(dataset, 4, shuffle=True, augment=True, seed=3)))[0]
+    eval_batch = next(iter(make_loader(dataset, 4, shuffle=False, augment=False, seed=0)))[0]
+    assert train_batch.is_contiguous(memory_format=torch.channels_last) and not train_batch.is_contiguous()
+    assert eval_batch.is_contiguous()
+    model = runtime.place_model(small_fcn(3, width=8), CPU)
+    with torch.no_grad():
+        for batch in (train_batch, eval_batch):
+            features = model.features.enc1(batch)
+            assert features.is_contiguous(memory_format=torch.channels_last) and not features.is_contiguous()
 
 
 def test_batches_are_pinned_and_copied_without_blocking_only_on_cuda():
@@ -127,12 +143,12 @@ def test_the_cpu_loader_never_pins_or_copies(monkeypatch):
     assert fake.copies == [] and fake.pinned == 0
 
 
-def test_place_model_puts_convolutions_in_channels_last_for_cuda_and_leaves_cpu_models_alone(monkeypatch):
+def test_place_model_puts_convolutions_in_channels_last_on_cpu_and_cuda(monkeypatch):
     cpu_model = runtime.place_model(small_fcn(3, width=8), CPU)
     conv_weights = [p for p in cpu_model.parameters() if p.dim() == 4]
-    assert conv_weights and all(p.is_contiguous() for p in conv_weights)
-    assert not any(p.is_contiguous(memory_format=torch.channels_last) and not p.is_contiguous()
-                   for p in conv_weights)
+    assert conv_weights and all(p.is_contiguous(memory_format=torch.channels_last) for p in conv_weights)
+    assert any(not p.is_contiguous() for p in conv_weights), "channels_last differs from NCHW for k>1 convs"
+    assert all(p.is_contiguous() for p in cpu_model.parameters() if p.dim() != 4)  # only 4-D weights change
 
     fake = FakeCuda(monkeypatch)
     gpu_model = runtime.place_model(small_fcn(3, width=8), CUDA)
@@ -246,13 +262,13 @@ def test_a_trial_on_cuda_uses_bf16_channels_last_and_pinned_non_blocking_batches
     assert len(reports) == 4 and math.isfinite(last["objective"])
 
 
-def test_the_cpu_branch_stays_float32_and_contiguous(monkeypatch, tiny_cfg):
+def test_the_cpu_branch_stays_float32_in_channels_last(monkeypatch, tiny_cfg):
     seen: list[tuple] = []
     real_train = pf.train_one_epoch
 
     def recording(model, loader, loss_fn, optimizer, *, device, autocast_dtype=None):
         convs = [p for p in model.parameters() if p.dim() == 4]
-        seen.append((autocast_dtype, all(p.is_contiguous() for p in convs)))
+        seen.append((autocast_dtype, all(p.is_contiguous(memory_format=torch.channels_last) for p in convs)))
         return real_train(model, loader, loss_fn, optimizer, device=device, autocast_dtype=autocast_dtype)
 
     monkeypatch.setattr(pf, "train_one_epoch", recording)
