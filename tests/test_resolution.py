@@ -111,3 +111,18 @@ def test_the_default_study_runs_on_textured_clutter_and_its_voc_run_on_the_disk_
     assert {c["clutter"] for c in voc} == {"flat"}
     assert {c["clutter"] for c in PRESETS["quick"].trial_configs("synthetic", smoke=True)} == {"textured"}
     assert {c["clutter"] for c in PRESETS["table1"].trial_configs("synthetic")} == {"flat"}
+
+
+def test_a_grid_lists_its_pre_training_trials_first_and_keeps_the_preset_order_otherwise():
+    """Longest first (search_spaces.base.pretrain_epochs): Ray starts a grid in list order, so the cheap
+    fine-tuning-only trials must come last to fill the slots beside the last pre-training trials."""
+    from search_spaces.base import pretrain_epochs
+
+    configs = PRESETS["quick"].trial_configs("synthetic")
+    keys = [pretrain_epochs(c) for c in configs]
+    assert keys == sorted(keys, reverse=True) and keys[0] == 20 and keys[-1] == 0
+    assert [c["condition"] for c in configs[-3:]] == ["RandomWeights"] * 3
+    pretraining = [(c["condition"], c["seed"]) for c in configs if c["init"] == "pretrain"]
+    names = [n for n in PRESETS["quick"].conditions if PRESETS["quick"].conditions[n].get("init") != "random"]
+    assert pretraining == [(n, s) for n in names for s in range(3)]  # the preset's own order among equals
+    assert pretrain_epochs({"init": "random", "epochs_pretrain": 20}) == 0
