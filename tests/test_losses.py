@@ -218,3 +218,33 @@ def test_bad_inputs_are_rejected():
         CrossEntropyLoss()(logits, torch.tensor([0, 1, 0, 255]))
     with pytest.raises(TypeError, match="target must be an integer"):
         CrossEntropyLoss()(logits, target.float())
+
+
+@pytest.mark.parametrize("name", sorted(set(LOSS_PARAMS) - {"nnpu"}))
+def test_an_ignored_element_changes_neither_the_loss_nor_any_gradient(name):
+    # Every element is scored in place and an ignored one weighs 0: with extreme logits there (a
+    # log-probability of -1e4, a saturated sigmoid) it must still add exactly nothing, to the loss or to
+    # the gradient of any element, ignored ones included.
+    gen = torch.Generator().manual_seed(3)
+    logits = torch.randn(2, 4, 3, 5, generator=gen, dtype=torch.float64)
+    target = torch.randint(0, 4, (2, 3, 5), generator=gen)
+    weights = torch.tensor([0.7, 1.75, 0.3, 2.0])
+    loss_fn = make_loss(name, class_weights=weights, **PARAMS[name])
+    reference = loss_fn(logits, target)
+    extreme = logits.clone()
+    extreme[0, :, 1, 2] = torch.tensor([1e4, -1e4, 0.0, -1e4], dtype=torch.float64)
+    ignored = target.clone()
+    ignored[0, 1, 2] = 255
+    with_ignored = extreme.clone().requires_grad_(True)
+    loss = loss_fn(with_ignored, ignored)
+    (grad,) = torch.autograd.grad(loss, with_ignored)
+    # the reference without that element: its loss is the weighted mean over the other elements
+    others = torch.ones_like(target, dtype=torch.bool)
+    others[0, 1, 2] = False
+    alone = logits.clone().requires_grad_(True)
+    expected_loss = loss_fn(alone.movedim(1, -1)[others].T[None], target[others][None])
+    (expected_grad,) = torch.autograd.grad(expected_loss, alone)
+    torch.testing.assert_close(loss, expected_loss, rtol=1e-12, atol=0)
+    torch.testing.assert_close(grad, expected_grad, rtol=1e-12, atol=1e-15)
+    assert torch.all(grad[0, :, 1, 2] == 0.0)
+    assert not torch.equal(reference, loss)  # the element did count before it was ignored
