@@ -185,3 +185,39 @@ def test_build_model_dispatch():
         build_model("vgg", 3)
     with pytest.raises(ValueError, match="num_classes must be an integer >= 2, got 1"):
         build_model("small_fcn", 1)
+
+
+@pytest.mark.parametrize("size", [(32, 32), (33, 31)])
+@pytest.mark.parametrize("layout", [torch.contiguous_format, torch.channels_last])
+def test_small_fcn_gradients_are_those_of_plain_bilinear_upsampling(monkeypatch, size, layout):
+    # _upsample only hands upsample_bilinear2d's backward a channels-last contiguous gradient (its fast
+    # kernel); the gradients must be those of F.interpolate as torch.cat leaves them, bit for bit.
+    from trainables import models
+
+    def grads() -> dict[str, torch.Tensor]:
+        model = small_fcn(5, width=8, generator=_seeded(0)).to(memory_format=layout)
+        x = torch.randn(2, 3, *size, generator=_seeded(1)).contiguous(memory_format=layout)
+        model(x).square().mean().backward()
+        return {name: p.grad for name, p in model.named_parameters()}
+
+    fast = grads()
+    monkeypatch.setattr(models, "_upsample", lambda x, size: torch.nn.functional.interpolate(
+        x, size=size, mode="bilinear", align_corners=False))
+    plain = grads()
+    assert fast.keys() == plain.keys()
+    for name in fast:
+        assert torch.equal(fast[name], plain[name]), name
+
+
+def test_upsample_hands_its_backward_a_channels_last_gradient_for_channels_last_inputs():
+    from trainables.models import _upsample
+
+    for layout, expected in ((torch.channels_last, True), (torch.contiguous_format, False)):
+        x = torch.randn(2, 4, 3, 5).contiguous(memory_format=layout).requires_grad_(True)
+        out = _upsample(x, torch.Size((6, 10)))
+        seen = []  # the layout of the gradient upsample_bilinear2d's backward receives
+        out.grad_fn.register_prehook(lambda grads: seen.append(grads[0].is_contiguous(memory_format=torch.channels_last)))
+        # a channel slice of a channels-last gradient, as torch.cat's backward passes it on
+        wide = torch.cat([out, torch.zeros_like(out)], dim=1)
+        wide.backward(torch.randn(wide.shape).contiguous(memory_format=torch.channels_last))
+        assert seen == [expected], layout
