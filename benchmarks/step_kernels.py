@@ -15,7 +15,9 @@ Each side is built from the same seed and trained on the same batches; the "befo
 as it was. Each round runs one step of every side, in an order that rotates between rounds, so a drift
 of the machine's load hits all sides alike. Prints each side's median and minimum step time, its ratio
 to ``before``, how far its parameters are from ``before``'s after the run (float noise, or another
-result?), and last ``ratio after/before``::
+result?; Adam on these random labels amplifies a rounding difference over the steps, so the
+single-step loss and gradient gap from the same weights is printed first), and last
+``ratio after/before``::
 
     python benchmarks/step_kernels.py [--steps 60] [--threads 1] [--batch-size 32] [--image-size 32]
 """
@@ -88,6 +90,22 @@ def batches(args: argparse.Namespace, count: int) -> list[tuple[torch.Tensor, to
     return out
 
 
+def first_step_gap(args: argparse.Namespace, loss_fn: torch.nn.Module, images: torch.Tensor,
+                   labels: torch.Tensor) -> tuple[float, float]:
+    """The loss and the largest gradient entry of ``after`` minus ``before`` on one batch from the same
+    weights: what the new code changes in a single step, before training amplifies it."""
+    results = []
+    for side in ("before", "after"):
+        model = place_model(models.build_model("small_fcn", NUM_CLASSES, generator=torch.Generator().manual_seed(0),
+                                               width=args.width), torch.device("cpu"))
+        with code_of(*SIDES[side]):
+            loss = loss_fn(model(images), labels)
+            loss.backward()
+        results.append((loss.item(), torch.cat([p.grad.flatten() for p in model.parameters()])))
+    (loss_before, grad_before), (loss_after, grad_after) = results
+    return abs(loss_after - loss_before), (grad_after - grad_before).abs().max().item()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--steps", type=int, default=60, help="timed steps per side (after 3 warm-up steps)")
@@ -104,6 +122,8 @@ def main() -> None:
     loss_fn = losses.make_loss("ce", class_weights=weights)
     warmup = 3
     data = batches(args, 8)
+    loss_gap, grad_gap = first_step_gap(args, loss_fn, *data[0])
+    print(f"one step from the same weights, after - before: |loss| {loss_gap:.2e}, max |gradient| {grad_gap:.2e}")
     sides = {}
     for name in SIDES:
         model = models.build_model("small_fcn", NUM_CLASSES, generator=torch.Generator().manual_seed(0),

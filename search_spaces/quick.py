@@ -20,7 +20,7 @@ NAMES = ("RandomWeights", "CompleteLabels", "HalfUnsegmented", "SigmoidalLoss", 
 PRESET = Preset(
     name="quick",
     description="Default: Table 1's key conditions on textured synthetic data, fold 1, 3 seeds "
-                "(~11 min on 2 CPUs).",
+                "(~9 min on 2 CPUs).",
     trainable="pretrain_finetune",
     conditions={name: CONDITIONS[name] for name in NAMES},
     # VOC keeps the short phases the preset always ran there (a look at the pipeline, not a result).
