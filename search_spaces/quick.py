@@ -7,7 +7,8 @@ thread, as a trial runs (benchmarks/README.md, "transfer_sanity.py"): a pre-trai
 took 3.6 s at 32 px and 7.3-9.1 s at 48 px, two trials side by side; at 15 pre-training epochs
 CompleteLabels' validation curve was still climbing, at 20 it is flat; 24 fine-tuning epochs bring the
 pretrained and the random-init curves to theirs. On all 4 folds this recipe transfers (15-class
-pretrained/random 1.55-1.83 on an AMD EPYC, 1.50-1.82 on an Intel Xeon) and makes foreground/background a task to learn (0.74-0.76).
+pretrained/random 1.55-1.83 on an AMD EPYC, 1.50-1.82 on an Intel Xeon) and makes foreground/background
+a task to learn (0.74-0.76).
 Three seeds, so every condition has 3 paired differences (README, "What the default study shows").
 """
 
