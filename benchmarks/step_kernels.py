@@ -1,7 +1,7 @@
-"""What two kernel-level changes of 2026-12-08 save in a default-study training step, side by side.
+"""What three kernel-level changes of 2026-12-08 save in a default-study training step, side by side.
 
 The default study's pre-training step (small_fcn, width 32, batch 32 x 32 px, 16 classes, channels_last,
-one thread, Adam) spent about a fifth of its time outside the convolutions in two places that compute
+one thread, Adam) spent about a fifth of its time outside the convolutions, in places that compute
 nothing the thesis needs (``torch.profiler``, 2026-12-08):
 
 - ``loss``: the negative-class losses flattened the logits into an ``(M, C)`` copy of the non-ignored
@@ -9,7 +9,10 @@ nothing the thesis needs (``torch.profiler``, 2026-12-08):
   now every element is scored in place and an ignored one weighs 0 (``trainables.losses``);
 - ``upsample``: the decoder's bilinear upsampling got its gradient through ``torch.cat``'s backward as
   a channel slice of a channels-last tensor, which sends ``upsample_bilinear2d``'s backward to its
-  generic kernel; now the gradient is made channels-last contiguous first (``trainables.models._upsample``).
+  generic kernel; now the gradient is made channels-last contiguous first (``trainables.models._upsample``);
+- ``resample``: the head's logits were resampled onto the input grid with an einsum of interpolation
+  matrices rebuilt on every call; now they are built once per shape and applied as two matmuls
+  (``SplitModel.resample``; the same values bit for bit). The transfer probe resamples 120 times.
 
 Each side is built from the same seed and trained on the same batches; the "before" code is kept here,
 as it was. Each round runs one step of every side, in an order that rotates between rounds, so a drift
@@ -42,7 +45,8 @@ from _common import machine_line  # noqa: E402
 from trainables import losses, models  # noqa: E402
 from trainables.runtime import place_model  # noqa: E402
 
-SIDES = {"before": (False, False), "loss": (True, False), "upsample": (False, True), "after": (True, True)}
+SIDES = {"before": (False, False, False), "loss": (True, False, False), "upsample": (False, True, False),
+         "resample": (False, False, True), "after": (True, True, True)}
 NUM_CLASSES = 16  # 15 pre-training classes + background
 IGNORED = 0.05  # share of pixels labelled 255 in the benchmark's batches
 
@@ -62,18 +66,29 @@ def plain_upsample(x: torch.Tensor, size: torch.Size) -> torch.Tensor:
     return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
 
 
+def einsum_resample(self: models.SplitModel, logits: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """``SplitModel.resample`` before 2026-12-08: matrices rebuilt per call, one einsum."""
+    rows = models._interpolation_matrix(size[0], logits.shape[-2], self.stride, self.offset).to(logits)
+    cols = models._interpolation_matrix(size[1], logits.shape[-1], self.stride, self.offset).to(logits)
+    return torch.einsum("nchw,yh,xw->ncyx", logits, rows, cols)
+
+
 @contextlib.contextmanager
-def code_of(new_loss: bool, new_upsample: bool) -> Iterator[None]:
-    """Run the block with the old or the new loss and upsampling, restoring the module's code after."""
+def code_of(new_loss: bool, new_upsample: bool, new_resample: bool) -> Iterator[None]:
+    """Run the block with the old or the new loss, upsampling and resampling, restoring the code after."""
     loss_forward, upsample = losses._NegativeClassLoss.forward, models._upsample
+    resample = models.SplitModel.resample
     if not new_loss:
         losses._NegativeClassLoss.forward = compacting_forward
     if not new_upsample:
         models._upsample = plain_upsample
+    if not new_resample:
+        models.SplitModel.resample = einsum_resample
     try:
         yield
     finally:
         losses._NegativeClassLoss.forward, models._upsample = loss_forward, upsample
+        models.SplitModel.resample = resample
 
 
 def batches(args: argparse.Namespace, count: int) -> list[tuple[torch.Tensor, torch.Tensor]]:

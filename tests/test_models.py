@@ -221,3 +221,20 @@ def test_upsample_hands_its_backward_a_channels_last_gradient_for_channels_last_
         wide = torch.cat([out, torch.zeros_like(out)], dim=1)
         wide.backward(torch.randn(wide.shape).contiguous(memory_format=torch.channels_last))
         assert seen == [expected], layout
+
+
+def test_resample_is_the_interpolation_einsum_for_every_size_and_dtype_it_meets():
+    # The matrices are kept per (size, head size, dtype, device): a second size or dtype on the same
+    # model must get its own, and the matmul form must give the einsum's values bit for bit.
+    from trainables.models import _interpolation_matrix
+
+    model = small_fcn(3, width=8)
+    for size, dtype in (((32, 32), torch.float32), ((33, 31), torch.float32), ((32, 32), torch.float64)):
+        logits = torch.randn(2, 3, (size[0] + 1) // 2, (size[1] + 1) // 2, generator=_seeded(2), dtype=dtype)
+        rows = _interpolation_matrix(size[0], logits.shape[-2], model.stride, model.offset).to(logits)
+        cols = _interpolation_matrix(size[1], logits.shape[-1], model.stride, model.offset).to(logits)
+        expected = torch.einsum("nchw,yh,xw->ncyx", logits, rows, cols)
+        for _ in range(2):  # built, then reused
+            out = model.resample(logits, size)
+            assert out.dtype == dtype and out.shape == (2, 3, *size)
+            assert torch.equal(out, expected), (size, dtype)
