@@ -10,9 +10,9 @@ nothing the thesis needs (``torch.profiler``, 2026-12-08):
 - ``upsample``: the decoder's bilinear upsampling got its gradient through ``torch.cat``'s backward as
   a channel slice of a channels-last tensor, which sends ``upsample_bilinear2d``'s backward to its
   generic kernel; now the gradient is made channels-last contiguous first (``trainables.models._upsample``);
-- ``resample``: the head's logits were resampled onto the input grid with an einsum of interpolation
-  matrices rebuilt on every call; now they are built once per shape and applied as two matmuls
-  (``SplitModel.resample``; the same values bit for bit). The transfer probe resamples 120 times.
+- ``resample``: the head's logits are resampled onto the input grid by an einsum of interpolation
+  matrices that were rebuilt on every call; now they are built once per shape (``SplitModel.resample``;
+  the same values bit for bit). The transfer probe resamples 120 times.
 
 Each side is built from the same seed and trained on the same batches; the "before" code is kept here,
 as it was. Each round runs one step of every side, in an order that rotates between rounds, so a drift
